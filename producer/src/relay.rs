@@ -1,0 +1,209 @@
+//! The outbox relay: the only code that publishes notifications. One relay at a time
+//! across all producers holds the `outbox_relay` lease; it reads the outbox in id order,
+//! publishes each message persistent on a confirm channel, waits for every confirm of the
+//! batch and only then deletes the rows. A failure republishes the whole batch: gateways
+//! drop ids they already sent, so a repeat is harmless and a gap is impossible.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use reddot_shared::{
+    amqp::{self, lapin},
+    backoff::Backoff,
+    metrics as m,
+    store::{lease, outbox},
+    time::now_ms,
+};
+use sea_orm::DatabaseConnection;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+const LEASE: &str = "outbox_relay";
+const LEASE_TTL_MS: i64 = 10_000;
+/// Renew well inside the TTL, so a live leader never loses the lease to a GC-free pause.
+const RENEW_EVERY: Duration = Duration::from_secs(2);
+const BATCH: u32 = 256;
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping producer keeps publishing what is left in the outbox.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+pub struct Relay {
+    pub db: DatabaseConnection,
+    pub pool: deadpool_lapin::Pool,
+    pub wake: Arc<Notify>,
+    pub poll: Duration,
+    /// Whether the last publish attempt reached RabbitMQ (for `/readyz`).
+    pub amqp_ok: Arc<AtomicBool>,
+    pub holder: String,
+}
+
+struct Link {
+    _conn: deadpool_lapin::Connection,
+    channel: lapin::Channel,
+}
+
+impl Relay {
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut link: Option<Link> = None;
+        let mut leader = false;
+        let mut renewed_at: Option<Instant> = None;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut flush_until: Option<Instant> = None;
+
+        loop {
+            if flush_until.is_none() && shutdown.is_cancelled() {
+                flush_until = Some(Instant::now() + FLUSH_DEADLINE);
+            }
+            if flush_until.is_some_and(|t| Instant::now() >= t) {
+                break;
+            }
+            if renewed_at.is_none_or(|t| t.elapsed() >= RENEW_EVERY) {
+                match lease::acquire(&self.db, LEASE, &self.holder, now_ms(), LEASE_TTL_MS).await {
+                    Ok(now_leader) => {
+                        if now_leader != leader {
+                            tracing::info!(holder = %self.holder, leader = now_leader, "outbox relay leadership changed");
+                        }
+                        leader = now_leader;
+                        renewed_at = Some(Instant::now());
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "could not renew the relay lease");
+                        leader = false;
+                        renewed_at = None;
+                    }
+                }
+                metrics::gauge!(m::RELAY_LEADER).set(if leader { 1.0 } else { 0.0 });
+            }
+            if !leader {
+                if flush_until.is_some() {
+                    break;
+                }
+                self.idle(&shutdown, self.poll.max(Duration::from_millis(500))).await;
+                continue;
+            }
+
+            let pending = match outbox::pending(&self.db, BATCH, now_ms()).await {
+                Ok(p) => p,
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not read the outbox");
+                    self.idle(&shutdown, backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            if pending.ids.is_empty() {
+                if flush_until.is_some() {
+                    break;
+                }
+                // Connect while idle, so the first notification does not pay the handshake.
+                if link.is_none() {
+                    match self.connect().await {
+                        Ok(l) => link = Some(l),
+                        Err(err) => tracing::debug!(error = %format!("{err:#}"), "RabbitMQ not reachable yet"),
+                    }
+                }
+                self.idle(&shutdown, self.poll).await;
+                continue;
+            }
+            match self.publish(&mut link, &pending.items).await {
+                Ok(()) => {
+                    self.amqp_ok.store(true, Ordering::Relaxed);
+                    backoff.reset();
+                    if let Err(err) = outbox::mark_published(&self.db, &pending.ids).await {
+                        // Published but not marked: the next round publishes them again,
+                        // which gateways absorb as duplicates.
+                        tracing::warn!(error = %err, "could not mark published rows");
+                        continue;
+                    }
+                    let now = now_ms();
+                    for created in &pending.created_at {
+                        metrics::histogram!(m::PUBLISH_LAG).record((now - created).max(0) as f64 / 1000.0);
+                    }
+                    metrics::counter!(m::OUTBOX_PUBLISHED).increment(pending.items.len() as u64);
+                    tracing::debug!(count = pending.items.len(), last = pending.ids.last(), "published");
+                }
+                Err(err) => {
+                    self.amqp_ok.store(false, Ordering::Relaxed);
+                    link = None;
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64, "publish failed; will retry");
+                    if flush_until.is_some() {
+                        break;
+                    }
+                    self.idle(&shutdown, delay).await;
+                }
+            }
+        }
+        if leader && let Err(err) = lease::release(&self.db, LEASE, &self.holder).await {
+            tracing::warn!(error = %err, "could not release the relay lease");
+        }
+        match outbox::lag(&self.db).await {
+            Ok(0) => tracing::info!("outbox relay stopped; outbox empty"),
+            Ok(left) => tracing::warn!(left, "outbox relay stopped; the next relay publishes the rest"),
+            Err(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Waits for a wake-up, the delay, or shutdown.
+    async fn idle(&self, shutdown: &CancellationToken, delay: Duration) {
+        tokio::select! {
+            () = self.wake.notified() => {}
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => {}
+        }
+    }
+
+    async fn publish(&self, link: &mut Option<Link>, items: &[(reddot_shared::domain::Notification, Vec<String>)]) -> anyhow::Result<()> {
+        if link.as_ref().is_none_or(|l| !l.channel.status().connected()) {
+            *link = Some(self.connect().await?);
+        }
+        let Some(Link { channel, .. }) = link.as_ref() else { anyhow::bail!("no channel") };
+        let mut confirms = Vec::new();
+        for (notification, users) in items {
+            for msg in amqp::encode_notification(notification, users) {
+                let confirm = channel
+                    .basic_publish(
+                        msg.exchange.into(),
+                        msg.routing_key.as_str().into(),
+                        lapin::options::BasicPublishOptions::default(),
+                        &msg.payload,
+                        msg.properties,
+                    )
+                    .await
+                    .context("basic.publish")?;
+                confirms.push(confirm);
+            }
+        }
+        for confirm in confirms {
+            let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+                .await
+                .context("publisher confirm timed out")?
+                .context("publisher confirm")?;
+            if confirmation.is_nack() {
+                anyhow::bail!("the broker refused (nack) a message");
+            }
+        }
+        Ok(())
+    }
+
+    async fn connect(&self) -> anyhow::Result<Link> {
+        let conn = tokio::time::timeout(Duration::from_secs(5), self.pool.get())
+            .await
+            .context("connecting to RabbitMQ timed out")?
+            .context("connecting to RabbitMQ")?;
+        let channel = conn.create_channel().await.context("opening a channel")?;
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .context("confirm.select")?;
+        amqp::declare_exchanges(&channel).await.context("declaring exchanges")?;
+        tracing::info!("relay connected to RabbitMQ");
+        Ok(Link { _conn: conn, channel })
+    }
+}

@@ -1,0 +1,33 @@
+//! The producer's HTTP routes, one action per file.
+
+pub mod create_notification;
+pub mod health;
+pub mod mint_token;
+pub mod openapi;
+
+use std::sync::{Arc, atomic::AtomicBool};
+
+use actix_web::web;
+use reddot_shared::config::Secret;
+use sea_orm::DatabaseConnection;
+
+use crate::writer::Writer;
+
+/// What handlers share.
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub writer: Writer,
+    pub amqp_pool: deadpool_lapin::Pool,
+    pub amqp_ok: Arc<AtomicBool>,
+    pub jwt_secret: Secret,
+    pub max_body_bytes: usize,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(create_notification::create_notification)
+        .service(mint_token::mint_token)
+        .service(health::healthz)
+        .service(health::readyz)
+        .service(health::metrics_text)
+        .service(openapi::openapi_json);
+}

@@ -1,0 +1,102 @@
+//! Gateway tokens: HS256 JWTs whose `sub` is the user id and whose `exp` is required.
+//! The producer mints them (`POST /api/v1/tokens`), the gateway verifies them.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::UserId;
+
+/// Clock skew tolerated between the minting backend and the gateway.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+}
+
+/// A verified token: who it is for and when it stops being valid.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub user: UserId,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("the token is too long")]
+    TooLong,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is invalid: {0}")]
+    Invalid(String),
+    #[error("the token's sub is not a valid user id")]
+    BadSubject,
+    #[error("could not sign the token")]
+    Sign,
+}
+
+/// Signs a token for `user` valid for `ttl_secs`; returns it with its expiry (Unix seconds).
+pub fn mint(secret: &str, user: &UserId, ttl_secs: i64) -> Result<(String, i64), AuthError> {
+    let now = chrono::Utc::now().timestamp();
+    let claims = Claims { sub: user.as_str().to_owned(), exp: now + ttl_secs, iat: Some(now), nbf: None };
+    let token = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+        .map_err(|_| AuthError::Sign)?;
+    Ok((token, claims.exp))
+}
+
+/// Verifies signature (HS256 only), `exp` and `nbf` with [`LEEWAY_SECS`], and `sub`.
+pub fn verify(secret: &str, token: &str) -> Result<Verified, AuthError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(AuthError::TooLong);
+    }
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = LEEWAY_SECS;
+    validation.validate_nbf = true;
+    validation.validate_aud = false;
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    let data = decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &validation).map_err(|e| {
+        match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            kind => AuthError::Invalid(format!("{kind:?}")),
+        }
+    })?;
+    let user = UserId::parse(&data.claims.sub).map_err(|_| AuthError::BadSubject)?;
+    Ok(Verified { user, expires_at: data.claims.exp })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "a-test-secret-of-enough-length!!";
+
+    #[test]
+    fn a_minted_token_verifies_for_its_user() -> anyhow::Result<()> {
+        let alice = UserId::parse("alice")?;
+        let (token, exp) = mint(SECRET, &alice, 60)?;
+        let v = verify(SECRET, &token)?;
+        assert_eq!(v.user, alice);
+        assert_eq!(v.expires_at, exp);
+        assert!(verify("another-secret-entirely-0123456", &token).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn expired_tokens_fail_after_the_leeway() -> anyhow::Result<()> {
+        let alice = UserId::parse("alice")?;
+        let (inside, _) = mint(SECRET, &alice, -10)?;
+        assert!(verify(SECRET, &inside).is_ok(), "10 s past exp is within the 30 s leeway");
+        let (outside, _) = mint(SECRET, &alice, -60)?;
+        assert!(matches!(verify(SECRET, &outside), Err(AuthError::Expired)));
+        Ok(())
+    }
+}

@@ -1,0 +1,231 @@
+//! Typed settings, loaded once from `REDDOT_*` environment variables. Nothing else in
+//! Reddot reads the environment.
+
+use std::{fmt, time::Duration};
+
+/// Which service is loading settings: each requires its own secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Producer,
+    Gateway,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A secret that never shows up in logs or `Debug` output.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is required (set it, or set REDDOT_DEV=1 for development values)")]
+    Missing(&'static str),
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// sea-orm URL: `sqlite://…` (embedded default) or `postgres://…`.
+    pub database_url: String,
+    pub amqp_url: String,
+    pub jwt_secret: Secret,
+    /// Keys backends send as `Authorization: Bearer <key>` to the producer.
+    pub api_keys: Vec<Secret>,
+    /// Origins allowed by CORS, for WebSocket upgrades and as iframe `postMessage` targets.
+    pub allowed_origins: Vec<String>,
+    pub producer_addr: String,
+    pub gateway_addr: String,
+    /// This gateway node's name, part of its RabbitMQ queue name.
+    pub node_id: String,
+    /// How many missed notifications a resume replays before answering `reset` instead.
+    pub replay_cap: usize,
+    /// `REDDOT_DEV=1`: fixed development secrets, loudly logged.
+    pub dev: bool,
+    pub log_format: LogFormat,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    pub db_max_connections: u32,
+    /// How often a relay that is not the leader looks for an expired lease, and how often
+    /// the leader looks at the outbox without being woken (rows written by other producers).
+    pub relay_poll: Duration,
+    /// How long a notification stays after it expired before the clean-up deletes it.
+    pub retention_after_expiry: Duration,
+    /// Largest number of events queued for one session before it is closed as too slow.
+    pub session_buffer: usize,
+    /// Seconds between SSE keep-alive comments and WebSocket pings.
+    pub heartbeat: Duration,
+    pub max_sessions_per_user: usize,
+    pub max_connections: usize,
+}
+
+/// Development values used under `REDDOT_DEV=1` only.
+pub const DEV_JWT_SECRET: &str = "reddot-dev-secret-change-me";
+pub const DEV_API_KEY: &str = "dev-api-key";
+
+impl Settings {
+    /// Reads the environment.
+    pub fn from_env(service: Service) -> Result<Self, ConfigError> {
+        Self::from_lookup(service, |name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(service: Service, lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let dev = get("REDDOT_DEV").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+
+        let jwt_secret = match get("REDDOT_JWT_SECRET") {
+            Some(s) => s,
+            None if dev => DEV_JWT_SECRET.to_owned(),
+            None => return Err(ConfigError::Missing("REDDOT_JWT_SECRET")),
+        };
+        let api_keys: Vec<Secret> = match get("REDDOT_API_KEYS") {
+            Some(list) => split_list(&list).map(Secret).collect(),
+            None if dev => vec![Secret(DEV_API_KEY.to_owned())],
+            None => Vec::new(),
+        };
+        if api_keys.is_empty() && service == Service::Producer {
+            return Err(ConfigError::Missing("REDDOT_API_KEYS"));
+        }
+        let allowed_origins = match get("REDDOT_ALLOWED_ORIGINS") {
+            Some(list) => split_list(&list).map(|o| o.trim_end_matches('/').to_owned()).collect(),
+            None if dev => vec!["http://localhost:8081".into(), "http://127.0.0.1:8081".into()],
+            None => Vec::new(),
+        };
+        if let Some(bad) = allowed_origins.iter().find(|o| *o == "*" || !o.contains("://")) {
+            return Err(ConfigError::Invalid {
+                name: "REDDOT_ALLOWED_ORIGINS",
+                reason: format!("'{bad}' is not an origin like https://app.example.com ('*' is never allowed)"),
+            });
+        }
+        let log_format = match get("REDDOT_LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid { name: "REDDOT_LOG_FORMAT", reason: format!("'{other}' is not text or json") });
+            }
+        };
+        let database_url = get("REDDOT_DATABASE_URL").unwrap_or_else(|| "sqlite://reddot.db?mode=rwc".into());
+        if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(ConfigError::Invalid {
+                name: "REDDOT_DATABASE_URL",
+                reason: "use sqlite://… or postgres://…".into(),
+            });
+        }
+        let default_pool = if database_url.starts_with("sqlite:") { 8 } else { 16 };
+
+        Ok(Settings {
+            db_max_connections: number(&get, "REDDOT_DB_MAX_CONNECTIONS", default_pool)?,
+            database_url,
+            amqp_url: get("REDDOT_AMQP_URL").unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            jwt_secret: Secret(jwt_secret),
+            api_keys,
+            allowed_origins,
+            producer_addr: get("REDDOT_PRODUCER_ADDR").unwrap_or_else(|| "0.0.0.0:8080".into()),
+            gateway_addr: get("REDDOT_GATEWAY_ADDR").unwrap_or_else(|| "0.0.0.0:8081".into()),
+            node_id: match get("REDDOT_NODE_ID") {
+                Some(id) if id.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)) && id.len() <= 64 => id,
+                Some(_) => {
+                    return Err(ConfigError::Invalid { name: "REDDOT_NODE_ID", reason: "use 1-64 characters of A-Z a-z 0-9 _ -".into() });
+                }
+                None => default_node_id(),
+            },
+            replay_cap: number(&get, "REDDOT_REPLAY_CAP", 1000)?,
+            dev,
+            log_format,
+            max_body_bytes: number(&get, "REDDOT_MAX_BODY_BYTES", 4 * 1024 * 1024)?,
+            relay_poll: Duration::from_millis(number(&get, "REDDOT_RELAY_POLL_MS", 200)?),
+            retention_after_expiry: Duration::from_secs(number(&get, "REDDOT_RETENTION_AFTER_EXPIRY_SECS", 7 * 24 * 3600)?),
+            session_buffer: number(&get, "REDDOT_SESSION_BUFFER", 256)?,
+            heartbeat: Duration::from_secs(number(&get, "REDDOT_HEARTBEAT_SECS", 15)?),
+            max_sessions_per_user: number(&get, "REDDOT_MAX_SESSIONS_PER_USER", 64)?,
+            max_connections: number(&get, "REDDOT_MAX_CONNECTIONS", 100_000)?,
+        })
+    }
+
+    /// Warnings worth logging at start-up: weak or development secrets.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.dev {
+            out.push("REDDOT_DEV=1: development secrets and origins are in use; never run this in production".into());
+        }
+        if self.jwt_secret.expose().len() < 32 {
+            out.push("REDDOT_JWT_SECRET is shorter than 32 characters; use a long random secret in production".into());
+        }
+        out
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+}
+
+fn split_list(list: &str) -> impl Iterator<Item = String> + '_ {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+fn number<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, name: &'static str, default: T) -> Result<T, ConfigError> {
+    match get(name) {
+        None => Ok(default),
+        Some(raw) => raw.parse().map_err(|_| ConfigError::Invalid { name, reason: format!("'{raw}' is not a valid number") }),
+    }
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || "_-".contains(*c)).take(48).collect();
+    if host.is_empty() { "node".into() } else { host }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(service: Service, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_lookup(service, |k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn missing_secrets_are_named_in_the_error() {
+        let err = load(Service::Producer, &[]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("REDDOT_JWT_SECRET"), "{err}");
+        let err = load(Service::Producer, &[("REDDOT_JWT_SECRET", "0123456789abcdef")]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("REDDOT_API_KEYS"), "{err}");
+    }
+
+    #[test]
+    fn dev_mode_fills_in_development_secrets() -> anyhow::Result<()> {
+        let s = load(Service::Producer, &[("REDDOT_DEV", "1")])?;
+        assert_eq!(s.jwt_secret.expose(), DEV_JWT_SECRET);
+        assert_eq!(s.api_keys.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn lists_are_comma_separated_and_star_is_refused() -> anyhow::Result<()> {
+        let base = [("REDDOT_JWT_SECRET", "0123456789abcdef"), ("REDDOT_API_KEYS", " k1, k2 ,,")];
+        let s = load(Service::Producer, &[base[0], base[1], ("REDDOT_ALLOWED_ORIGINS", "http://a.test, https://b.test/")])?;
+        assert_eq!(s.api_keys.iter().map(Secret::expose).collect::<Vec<_>>(), ["k1", "k2"]);
+        assert_eq!(s.allowed_origins, ["http://a.test", "https://b.test"]);
+        assert!(load(Service::Producer, &[base[0], base[1], ("REDDOT_ALLOWED_ORIGINS", "*")]).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,103 @@
+//! HTTP pieces both services mount: JSON body reading with clear 4xx errors, the JSON
+//! 404/405 fallbacks and the security headers.
+
+use actix_web::{HttpRequest, HttpResponse, http::header, web};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::error::{ApiError, ErrorCode};
+
+/// Reads a JSON request body of at most `limit` bytes. Errors: 415 unless the body is
+/// declared `application/json`, 413 past the limit, 400 for bytes that are not JSON.
+pub async fn read_json(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Value, ApiError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+        });
+    if !is_json {
+        return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "the body must be application/json"));
+    }
+    let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, format!("the body is larger than {limit} bytes"));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "the body could not be read"))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("the body is not valid JSON: {e}")))
+}
+
+/// Finds the first string (value or object key) holding a NUL character, as a JSON path.
+pub fn find_nul(value: &Value, path: &str) -> Option<String> {
+    match value {
+        Value::String(s) if s.contains('\0') => Some(path.to_owned()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| find_nul(v, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+            if k.contains('\0') { Some(here) } else { find_nul(v, &here) }
+        }),
+        _ => None,
+    }
+}
+
+/// The JSON 404 for paths no route serves.
+pub async fn not_found() -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::not_found("no such endpoint"))
+}
+
+/// The bearer credential of a request, if it sent one.
+pub fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Access log and request counter. Logs the path without its query string: tokens
+/// travel in query strings (`?access_token=`) and must never reach a log.
+pub async fn access_log(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let method = req.method().to_string();
+    let path = req.path().to_owned();
+    let res = next.call(req).await?;
+    let status = res.status().as_u16();
+    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if status >= 500 {
+        tracing::warn!(%method, %path, status, ms, "request");
+    } else {
+        tracing::info!(%method, %path, status, ms, "request");
+    }
+    Ok(res)
+}

@@ -1,0 +1,106 @@
+//! The outbox: notifications committed but not yet confirmed by RabbitMQ. The relay
+//! reads it in id order and deletes rows only after the broker confirmed them.
+
+use std::collections::HashMap;
+
+use sea_orm::{ConnectionTrait, FromQueryResult};
+
+use super::{NOTIFICATION_COLUMNS, NotificationRow, StoreError, list, stmt};
+use crate::domain::{Audience, Notification};
+
+/// Recipients read per batch at most (one notification may exceed it alone).
+const MAX_BATCH_RECIPIENTS: i64 = 50_000;
+
+/// The oldest pending rows, in id order.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Every outbox row read, to delete once `items` are confirmed (expired or deleted
+    /// notifications are dropped without publishing).
+    pub ids: Vec<i64>,
+    /// Notifications to publish with their recipients, in id order.
+    pub items: Vec<(Notification, Vec<String>)>,
+    /// When the oldest row was committed (ms), for the publish-lag metric.
+    pub created_at: Vec<i64>,
+}
+
+#[derive(FromQueryResult)]
+struct OutboxRow {
+    notification_id: i64,
+    created_at: i64,
+    recipients: Option<i64>,
+}
+
+/// Reads up to `limit` pending notifications, fewer when they carry many recipients.
+pub async fn pending(db: &impl ConnectionTrait, limit: u32, now_ms: i64) -> Result<Pending, StoreError> {
+    let rows = OutboxRow::find_by_statement(stmt(
+        db,
+        "SELECT o.notification_id, o.created_at, n.recipients FROM outbox o \
+         LEFT JOIN notifications n ON n.id = o.notification_id ORDER BY o.notification_id LIMIT $1",
+        [i64::from(limit).into()],
+    ))
+    .all(db)
+    .await?;
+    let mut pending = Pending::default();
+    let mut recipients = 0;
+    for row in rows {
+        recipients += row.recipients.unwrap_or(0);
+        if !pending.ids.is_empty() && recipients > MAX_BATCH_RECIPIENTS {
+            break;
+        }
+        pending.ids.push(row.notification_id);
+        pending.created_at.push(row.created_at);
+    }
+    if pending.ids.is_empty() {
+        return Ok(pending);
+    }
+    let in_list = list(pending.ids.len(), 1);
+    let values = pending.ids.iter().map(|id| (*id).into()).collect::<Vec<_>>();
+    let notifications = NotificationRow::find_by_statement(stmt(
+        db,
+        &format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications n WHERE n.id IN ({in_list}) ORDER BY n.id"),
+        values.clone(),
+    ))
+    .all(db)
+    .await?;
+    let mut users: HashMap<i64, Vec<String>> = HashMap::new();
+    if notifications.iter().any(|n| n.audience == Audience::User.as_str()) {
+        let rows = db
+            .query_all_raw(stmt(
+                db,
+                &format!("SELECT notification_id, user_id FROM recipients WHERE broadcast = 0 AND notification_id IN ({in_list})"),
+                values,
+            ))
+            .await?;
+        for row in rows {
+            let id: i64 = row.try_get("", "notification_id")?;
+            users.entry(id).or_default().push(row.try_get("", "user_id")?);
+        }
+    }
+    for row in notifications {
+        let n = Notification::try_from(row)?;
+        if n.is_expired_at(now_ms) {
+            continue;
+        }
+        let mut to = users.remove(&n.id).unwrap_or_default();
+        to.sort_unstable();
+        pending.items.push((n, to));
+    }
+    Ok(pending)
+}
+
+/// Deletes rows whose notifications the broker confirmed.
+pub async fn mark_published(db: &impl ConnectionTrait, ids: &[i64]) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let values = ids.iter().map(|id| (*id).into()).collect::<Vec<_>>();
+    db.execute_raw(stmt(db, &format!("DELETE FROM outbox WHERE notification_id IN ({})", list(ids.len(), 1)), values))
+        .await?;
+    Ok(())
+}
+
+/// How many notifications wait to be published.
+pub async fn lag(db: &impl ConnectionTrait) -> Result<i64, StoreError> {
+    let row = db.query_one_raw(stmt(db, "SELECT COUNT(*) AS n FROM outbox", [])).await?;
+    Ok(row.map(|r| r.try_get::<i64>("", "n")).transpose()?.unwrap_or(0))
+}

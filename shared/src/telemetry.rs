@@ -1,0 +1,17 @@
+//! Logging set-up: human-readable lines by default, JSON with `REDDOT_LOG_FORMAT=json`,
+//! filtered by `RUST_LOG` (default `info`).
+
+use tracing_subscriber::{EnvFilter, fmt};
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber; later calls are no-ops.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn,lapin=warn,amq_protocol=warn"));
+    let builder = fmt().with_env_filter(filter).with_target(true);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
