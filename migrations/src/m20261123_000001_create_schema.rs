@@ -33,8 +33,20 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        index(manager, "idx_notifications_audience_id", Notifications::Table, &[Notifications::Audience, Notifications::Id]).await?;
-        index(manager, "idx_notifications_expires_at", Notifications::Table, &[Notifications::ExpiresAt]).await?;
+        index(
+            manager,
+            "idx_notifications_audience_id",
+            Notifications::Table,
+            &[Notifications::Audience, Notifications::Id],
+        )
+        .await?;
+        index(
+            manager,
+            "idx_notifications_expires_at",
+            Notifications::Table,
+            &[Notifications::ExpiresAt],
+        )
+        .await?;
 
         // Per-user state. A targeted notification has one row per recipient from the start
         // (state unread). A broadcast has none until a user reads or deletes it: fan-out on
@@ -66,8 +78,20 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        index(manager, "idx_recipients_unread", Recipients::Table, &[Recipients::UserId, Recipients::State, Recipients::Kind]).await?;
-        index(manager, "idx_recipients_notification", Recipients::Table, &[Recipients::NotificationId]).await?;
+        index(
+            manager,
+            "idx_recipients_unread",
+            Recipients::Table,
+            &[Recipients::UserId, Recipients::State, Recipients::Kind],
+        )
+        .await?;
+        index(
+            manager,
+            "idx_recipients_notification",
+            Recipients::Table,
+            &[Recipients::NotificationId],
+        )
+        .await?;
 
         // Notifications committed but not yet confirmed by RabbitMQ, in id order.
         manager
@@ -102,7 +126,13 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        index(manager, "idx_idempotency_keys_created_at", IdempotencyKeys::Table, &[IdempotencyKeys::CreatedAt]).await?;
+        index(
+            manager,
+            "idx_idempotency_keys_created_at",
+            IdempotencyKeys::Table,
+            &[IdempotencyKeys::CreatedAt],
+        )
+        .await?;
 
         // One lease per singleton job (the outbox relay): whoever holds an unexpired lease
         // is the only one doing the job.

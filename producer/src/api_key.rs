@@ -37,13 +37,14 @@ fn authenticate(req: &HttpRequest) -> Result<Backend, ApiError> {
         .ok_or_else(ApiError::internal)?;
     let presented = bearer(req).ok_or_else(|| ApiError::unauthorized("missing API key"))?;
     // Compare against every key so that timing says nothing about which one matched.
-    let matched = keys
-        .0
-        .iter()
-        .fold(false, |found, key| constant_time_eq(key.expose().as_bytes(), presented.as_bytes()) | found);
+    let matched = keys.0.iter().fold(false, |found, key| {
+        constant_time_eq(key.expose().as_bytes(), presented.as_bytes()) | found
+    });
     if !matched {
         return Err(ApiError::unauthorized("invalid API key"));
     }
     let digest = Sha256::digest(presented.as_bytes());
-    Ok(Backend { scope: hex::encode(&digest[..16]) })
+    Ok(Backend {
+        scope: hex::encode(&digest[..16]),
+    })
 }

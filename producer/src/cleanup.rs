@@ -25,13 +25,18 @@ impl Cleanup {
                 () = shutdown.cancelled() => return Ok(()),
             }
             let now = now_ms();
-            let cutoff = now - i64::try_from(self.retention_after_expiry.as_millis()).unwrap_or(i64::MAX / 2);
+            let cutoff = now
+                - i64::try_from(self.retention_after_expiry.as_millis()).unwrap_or(i64::MAX / 2);
             match maintenance::delete_expired(&self.db, cutoff).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "removed long-expired notifications"),
-                Err(err) => tracing::warn!(error = %err, "clean-up of expired notifications failed"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "clean-up of expired notifications failed")
+                }
             }
-            if let Err(err) = maintenance::delete_idempotency_keys(&self.db, now - IDEMPOTENCY_WINDOW_MS).await {
+            if let Err(err) =
+                maintenance::delete_idempotency_keys(&self.db, now - IDEMPOTENCY_WINDOW_MS).await
+            {
                 tracing::warn!(error = %err, "clean-up of idempotency keys failed");
             }
         }

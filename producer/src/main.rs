@@ -9,10 +9,14 @@ use reddot_shared::{
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = Settings::from_env(Service::Producer).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let settings =
+        Settings::from_env(Service::Producer).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     telemetry::init(settings.log_format);
     if std::env::args().nth(1).as_deref() == Some("migrate") {
         return reddot_producer::startup::migrate_only(&settings).await;
     }
-    Application::build(settings).await?.run_until_stopped().await
+    Application::build(settings)
+        .await?
+        .run_until_stopped()
+        .await
 }

@@ -84,7 +84,8 @@ impl Relay {
                 if flush_until.is_some() {
                     break;
                 }
-                self.idle(&shutdown, self.poll.max(Duration::from_millis(500))).await;
+                self.idle(&shutdown, self.poll.max(Duration::from_millis(500)))
+                    .await;
                 continue;
             }
 
@@ -104,7 +105,9 @@ impl Relay {
                 if link.is_none() {
                     match self.connect().await {
                         Ok(l) => link = Some(l),
-                        Err(err) => tracing::debug!(error = %format!("{err:#}"), "RabbitMQ not reachable yet"),
+                        Err(err) => {
+                            tracing::debug!(error = %format!("{err:#}"), "RabbitMQ not reachable yet")
+                        }
                     }
                 }
                 self.idle(&shutdown, self.poll).await;
@@ -122,10 +125,15 @@ impl Relay {
                     }
                     let now = now_ms();
                     for created in &pending.created_at {
-                        metrics::histogram!(m::PUBLISH_LAG).record((now - created).max(0) as f64 / 1000.0);
+                        metrics::histogram!(m::PUBLISH_LAG)
+                            .record((now - created).max(0) as f64 / 1000.0);
                     }
                     metrics::counter!(m::OUTBOX_PUBLISHED).increment(pending.items.len() as u64);
-                    tracing::debug!(count = pending.items.len(), last = pending.ids.last(), "published");
+                    tracing::debug!(
+                        count = pending.items.len(),
+                        last = pending.ids.last(),
+                        "published"
+                    );
                 }
                 Err(err) => {
                     self.amqp_ok.store(false, Ordering::Relaxed);
@@ -144,7 +152,10 @@ impl Relay {
         }
         match outbox::lag(&self.db).await {
             Ok(0) => tracing::info!("outbox relay stopped; outbox empty"),
-            Ok(left) => tracing::warn!(left, "outbox relay stopped; the next relay publishes the rest"),
+            Ok(left) => tracing::warn!(
+                left,
+                "outbox relay stopped; the next relay publishes the rest"
+            ),
             Err(_) => {}
         }
         Ok(())
@@ -159,11 +170,20 @@ impl Relay {
         }
     }
 
-    async fn publish(&self, link: &mut Option<Link>, items: &[(reddot_shared::domain::Notification, Vec<String>)]) -> anyhow::Result<()> {
-        if link.as_ref().is_none_or(|l| !l.channel.status().connected()) {
+    async fn publish(
+        &self,
+        link: &mut Option<Link>,
+        items: &[(reddot_shared::domain::Notification, Vec<String>)],
+    ) -> anyhow::Result<()> {
+        if link
+            .as_ref()
+            .is_none_or(|l| !l.channel.status().connected())
+        {
             *link = Some(self.connect().await?);
         }
-        let Some(Link { channel, .. }) = link.as_ref() else { anyhow::bail!("no channel") };
+        let Some(Link { channel, .. }) = link.as_ref() else {
+            anyhow::bail!("no channel")
+        };
         let mut confirms = Vec::new();
         for (notification, users) in items {
             for msg in amqp::encode_notification(notification, users) {
@@ -202,8 +222,13 @@ impl Relay {
             .confirm_select(lapin::options::ConfirmSelectOptions::default())
             .await
             .context("confirm.select")?;
-        amqp::declare_exchanges(&channel).await.context("declaring exchanges")?;
+        amqp::declare_exchanges(&channel)
+            .await
+            .context("declaring exchanges")?;
         tracing::info!("relay connected to RabbitMQ");
-        Ok(Link { _conn: conn, channel })
+        Ok(Link {
+            _conn: conn,
+            channel,
+        })
     }
 }

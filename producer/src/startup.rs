@@ -32,7 +32,9 @@ pub struct Application {
 
 /// `reddot-producer migrate`: apply migrations and exit.
 pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
-    let db = db::connect(settings).await.context("connecting to the database")?;
+    let db = db::connect(settings)
+        .await
+        .context("connecting to the database")?;
     db::migrate(&db).await.context("applying migrations")?;
     tracing::info!("migrations applied");
     Ok(())
@@ -44,8 +46,12 @@ impl Application {
             tracing::warn!("{warning}");
         }
         metrics::install();
-        let db = db::connect(&settings).await.context("connecting to the database (REDDOT_DATABASE_URL)")?;
-        db::migrate(&db).await.context("applying database migrations")?;
+        let db = db::connect(&settings)
+            .await
+            .context("connecting to the database (REDDOT_DATABASE_URL)")?;
+        db::migrate(&db)
+            .await
+            .context("applying database migrations")?;
         let amqp_pool = amqp::create_pool(&settings.amqp_url).context("REDDOT_AMQP_URL")?;
 
         let shutdown = CancellationToken::new();
@@ -59,7 +65,12 @@ impl Application {
             wake: relay_wake,
             poll: settings.relay_poll,
             amqp_ok: amqp_ok.clone(),
-            holder: format!("{}-{}-{}", settings.node_id, std::process::id(), uuid::Uuid::new_v4().simple()),
+            holder: format!(
+                "{}-{}-{}",
+                settings.node_id,
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
         };
         let cleanup = Cleanup {
             db: db.clone(),
@@ -103,7 +114,13 @@ impl Application {
         .shutdown_timeout(15)
         .run();
         tracing::info!(listening_addr = %addr, "reddot-producer listening");
-        Ok(Self { port: addr.port(), server, shutdown, writer: writer_handle, background })
+        Ok(Self {
+            port: addr.port(),
+            server,
+            shutdown,
+            writer: writer_handle,
+            background,
+        })
     }
 
     pub fn port(&self) -> u16 {

@@ -30,7 +30,10 @@ impl Writer {
     /// Stores one request and waits for its commit.
     pub async fn write(&self, req: WriteRequest) -> Result<Outcome, StoreError> {
         let (done, outcome) = oneshot::channel();
-        self.tx.send((req, done)).await.map_err(|_| StoreError::WriterGone)?;
+        self.tx
+            .send((req, done))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
         outcome.await.map_err(|_| StoreError::WriterGone)?
     }
 }
@@ -57,12 +60,16 @@ impl WriterTask {
                 job = self.rx.recv() => job,
                 () = shutdown.cancelled() => { self.rx.close(); self.rx.recv().await }
             };
-            let Some((req, done)) = first else { return Ok(()) };
+            let Some((req, done)) = first else {
+                return Ok(());
+            };
             let mut recipients = req.notification.users.len();
             requests.push(req);
             waiting.push(done);
             while requests.len() < MAX_BATCH && recipients < MAX_BATCH_RECIPIENTS {
-                let Ok((req, done)) = self.rx.try_recv() else { break };
+                let Ok((req, done)) = self.rx.try_recv() else {
+                    break;
+                };
                 recipients += req.notification.users.len();
                 requests.push(req);
                 waiting.push(done);
@@ -88,5 +95,9 @@ impl WriterTask {
 
 /// Every request of a failed batch gets the same answer: unavailable, or internal.
 fn clone_error(err: &StoreError) -> StoreError {
-    if err.is_unavailable() { StoreError::Timeout } else { StoreError::Corrupt(err.to_string()) }
+    if err.is_unavailable() {
+        StoreError::Timeout
+    } else {
+        StoreError::Corrupt(err.to_string())
+    }
 }

@@ -45,12 +45,25 @@ pub fn node_queue_name(node_id: &str, boot_id: &str) -> String {
 
 /// Declares both exchanges (durable; idempotent).
 pub async fn declare_exchanges(channel: &Channel) -> Result<(), lapin::Error> {
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     channel
-        .exchange_declare(DIRECT_EXCHANGE.into(), ExchangeKind::Direct, durable, FieldTable::default())
+        .exchange_declare(
+            DIRECT_EXCHANGE.into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
     channel
-        .exchange_declare(BROADCAST_EXCHANGE.into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .exchange_declare(
+            BROADCAST_EXCHANGE.into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
         .await
 }
 
@@ -61,7 +74,10 @@ pub fn create_pool(url: &str) -> Result<deadpool_lapin::Pool, deadpool_lapin::Cr
         url: Some(url.to_owned()),
         pool: Some(deadpool_lapin::PoolConfig::new(4)),
     };
-    config.create_pool(lapin::ConnectionProperties::default, deadpool_lapin::Runtime::Tokio1)
+    config.create_pool(
+        lapin::ConnectionProperties::default,
+        deadpool_lapin::Runtime::Tokio1,
+    )
 }
 
 /// One message ready to publish.
@@ -113,8 +129,14 @@ pub fn encode_notification(n: &Notification, users: &[String]) -> Vec<Outgoing> 
         let (cc, next) = tail.split_at(take);
         let mut headers = base.clone();
         if !cc.is_empty() {
-            let list: Vec<AMQPValue> = cc.iter().map(|u| AMQPValue::LongString(LongString::from(u.as_str()))).collect();
-            headers.insert(HEADER_CC.into(), AMQPValue::FieldArray(FieldArray::from(list)));
+            let list: Vec<AMQPValue> = cc
+                .iter()
+                .map(|u| AMQPValue::LongString(LongString::from(u.as_str())))
+                .collect();
+            headers.insert(
+                HEADER_CC.into(),
+                AMQPValue::FieldArray(FieldArray::from(list)),
+            );
         }
         out.push(Outgoing {
             exchange: DIRECT_EXCHANGE,
@@ -169,19 +191,33 @@ pub enum DecodeError {
 }
 
 /// Decodes a delivery from the node queue.
-pub fn decode(exchange: &str, routing_key: &str, properties: &BasicProperties, body: &[u8]) -> Result<Incoming, DecodeError> {
+pub fn decode(
+    exchange: &str,
+    routing_key: &str,
+    properties: &BasicProperties,
+    body: &[u8],
+) -> Result<Incoming, DecodeError> {
     let kind = properties.kind().as_ref().map(ShortString::as_str);
     match kind {
-        Some(TYPE_READ_STATE) => Ok(Incoming::ReadState { user: routing_key.to_owned() }),
+        Some(TYPE_READ_STATE) => Ok(Incoming::ReadState {
+            user: routing_key.to_owned(),
+        }),
         Some(TYPE_NOTIFICATION) => {
-            let headers = properties.headers().as_ref().ok_or(DecodeError::Missing("headers"))?;
+            let headers = properties
+                .headers()
+                .as_ref()
+                .ok_or(DecodeError::Missing("headers"))?;
             let int = |name: &str| match headers.inner().get(name) {
                 Some(AMQPValue::LongLongInt(v)) => Some(*v),
                 _ => None,
             };
             let id = int(HEADER_ID).ok_or(DecodeError::Missing(HEADER_ID))?;
             let created_at = int(HEADER_CREATED).ok_or(DecodeError::Missing(HEADER_CREATED))?;
-            let audience = if exchange == BROADCAST_EXCHANGE { Audience::All } else { Audience::User };
+            let audience = if exchange == BROADCAST_EXCHANGE {
+                Audience::All
+            } else {
+                Audience::User
+            };
             let mut users = Vec::new();
             if audience == Audience::User {
                 users.push(routing_key.to_owned());
@@ -227,7 +263,9 @@ mod tests {
 
     #[test]
     fn targeted_messages_cover_every_recipient_once_across_chunks() -> anyhow::Result<()> {
-        let users: Vec<String> = (0..3000).map(|i| format!("user-with-a-longish-id-{i:05}")).collect();
+        let users: Vec<String> = (0..3000)
+            .map(|i| format!("user-with-a-longish-id-{i:05}"))
+            .collect();
         let msgs = encode_notification(&notification(Audience::User)?, &users);
         assert!(msgs.len() > 1, "3000 long ids need more than one message");
         let mut seen = Vec::new();
@@ -250,7 +288,13 @@ mod tests {
         let msgs = encode_notification(&notification(Audience::All)?, &[]);
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0].exchange, BROADCAST_EXCHANGE);
-        let Incoming::Notification(d) = decode(BROADCAST_EXCHANGE, "", &msgs[0].properties, &msgs[0].payload)? else {
+        let Incoming::Notification(d) = decode(
+            BROADCAST_EXCHANGE,
+            "",
+            &msgs[0].properties,
+            &msgs[0].payload,
+        )?
+        else {
             anyhow::bail!("not a notification");
         };
         assert_eq!(d.audience, Audience::All);

@@ -47,9 +47,18 @@ pub enum AuthError {
 /// Signs a token for `user` valid for `ttl_secs`; returns it with its expiry (Unix seconds).
 pub fn mint(secret: &str, user: &UserId, ttl_secs: i64) -> Result<(String, i64), AuthError> {
     let now = chrono::Utc::now().timestamp();
-    let claims = Claims { sub: user.as_str().to_owned(), exp: now + ttl_secs, iat: Some(now), nbf: None };
-    let token = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .map_err(|_| AuthError::Sign)?;
+    let claims = Claims {
+        sub: user.as_str().to_owned(),
+        exp: now + ttl_secs,
+        iat: Some(now),
+        nbf: None,
+    };
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|_| AuthError::Sign)?;
     Ok((token, claims.exp))
 }
 
@@ -63,14 +72,20 @@ pub fn verify(secret: &str, token: &str) -> Result<Verified, AuthError> {
     validation.validate_nbf = true;
     validation.validate_aud = false;
     validation.set_required_spec_claims(&["exp", "sub"]);
-    let data = decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &validation).map_err(|e| {
-        match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-            kind => AuthError::Invalid(format!("{kind:?}")),
-        }
+    let data = decode::<Claims>(
+        token,
+        &DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .map_err(|e| match e.kind() {
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+        kind => AuthError::Invalid(format!("{kind:?}")),
     })?;
     let user = UserId::parse(&data.claims.sub).map_err(|_| AuthError::BadSubject)?;
-    Ok(Verified { user, expires_at: data.claims.exp })
+    Ok(Verified {
+        user,
+        expires_at: data.claims.exp,
+    })
 }
 
 #[cfg(test)]
@@ -94,7 +109,10 @@ mod tests {
     fn expired_tokens_fail_after_the_leeway() -> anyhow::Result<()> {
         let alice = UserId::parse("alice")?;
         let (inside, _) = mint(SECRET, &alice, -10)?;
-        assert!(verify(SECRET, &inside).is_ok(), "10 s past exp is within the 30 s leeway");
+        assert!(
+            verify(SECRET, &inside).is_ok(),
+            "10 s past exp is within the 30 s leeway"
+        );
         let (outside, _) = mint(SECRET, &alice, -60)?;
         assert!(matches!(verify(SECRET, &outside), Err(AuthError::Expired)));
         Ok(())

@@ -12,13 +12,20 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, max: Duration) -> Self {
-        Self { attempt: 0, base, max }
+        Self {
+            attempt: 0,
+            base,
+            max,
+        }
     }
 
     /// The delay before the next attempt: uniform in [ceiling/2, ceiling] where the
     /// ceiling doubles per failure up to `max`.
     pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.base.saturating_mul(1u32 << self.attempt.min(16)).min(self.max);
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let half = ceiling / 2;
         half + half.mul_f64(rand::random::<f64>())

@@ -86,8 +86,15 @@ impl Settings {
     }
 
     /// Reads settings through `lookup`, so tests need not touch the process environment.
-    pub fn from_lookup(service: Service, lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    pub fn from_lookup(
+        service: Service,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let dev = get("REDDOT_DEV").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
 
         let jwt_secret = match get("REDDOT_JWT_SECRET") {
@@ -104,45 +111,77 @@ impl Settings {
             return Err(ConfigError::Missing("REDDOT_API_KEYS"));
         }
         let allowed_origins = match get("REDDOT_ALLOWED_ORIGINS") {
-            Some(list) => split_list(&list).map(|o| o.trim_end_matches('/').to_owned()).collect(),
-            None if dev => vec!["http://localhost:8081".into(), "http://127.0.0.1:8081".into()],
+            Some(list) => split_list(&list)
+                .map(|o| o.trim_end_matches('/').to_owned())
+                .collect(),
+            None if dev => vec![
+                "http://localhost:8081".into(),
+                "http://127.0.0.1:8081".into(),
+            ],
             None => Vec::new(),
         };
-        if let Some(bad) = allowed_origins.iter().find(|o| *o == "*" || !o.contains("://")) {
+        if let Some(bad) = allowed_origins
+            .iter()
+            .find(|o| *o == "*" || !o.contains("://"))
+        {
             return Err(ConfigError::Invalid {
                 name: "REDDOT_ALLOWED_ORIGINS",
-                reason: format!("'{bad}' is not an origin like https://app.example.com ('*' is never allowed)"),
+                reason: format!(
+                    "'{bad}' is not an origin like https://app.example.com ('*' is never allowed)"
+                ),
             });
         }
         let log_format = match get("REDDOT_LOG_FORMAT").as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                return Err(ConfigError::Invalid { name: "REDDOT_LOG_FORMAT", reason: format!("'{other}' is not text or json") });
+                return Err(ConfigError::Invalid {
+                    name: "REDDOT_LOG_FORMAT",
+                    reason: format!("'{other}' is not text or json"),
+                });
             }
         };
-        let database_url = get("REDDOT_DATABASE_URL").unwrap_or_else(|| "sqlite://reddot.db?mode=rwc".into());
-        if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+        let database_url =
+            get("REDDOT_DATABASE_URL").unwrap_or_else(|| "sqlite://reddot.db?mode=rwc".into());
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
             return Err(ConfigError::Invalid {
                 name: "REDDOT_DATABASE_URL",
                 reason: "use sqlite://… or postgres://…".into(),
             });
         }
-        let default_pool = if database_url.starts_with("sqlite:") { 8 } else { 16 };
+        let default_pool = if database_url.starts_with("sqlite:") {
+            8
+        } else {
+            16
+        };
 
         Ok(Settings {
             db_max_connections: number(&get, "REDDOT_DB_MAX_CONNECTIONS", default_pool)?,
             database_url,
-            amqp_url: get("REDDOT_AMQP_URL").unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            amqp_url: get("REDDOT_AMQP_URL")
+                .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
             jwt_secret: Secret(jwt_secret),
             api_keys,
             allowed_origins,
             producer_addr: get("REDDOT_PRODUCER_ADDR").unwrap_or_else(|| "0.0.0.0:8080".into()),
             gateway_addr: get("REDDOT_GATEWAY_ADDR").unwrap_or_else(|| "0.0.0.0:8081".into()),
             node_id: match get("REDDOT_NODE_ID") {
-                Some(id) if id.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)) && id.len() <= 64 => id,
+                Some(id)
+                    if id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+                        && id.len() <= 64 =>
+                {
+                    id
+                }
                 Some(_) => {
-                    return Err(ConfigError::Invalid { name: "REDDOT_NODE_ID", reason: "use 1-64 characters of A-Z a-z 0-9 _ -".into() });
+                    return Err(ConfigError::Invalid {
+                        name: "REDDOT_NODE_ID",
+                        reason: "use 1-64 characters of A-Z a-z 0-9 _ -".into(),
+                    });
                 }
                 None => default_node_id(),
             },
@@ -151,7 +190,11 @@ impl Settings {
             log_format,
             max_body_bytes: number(&get, "REDDOT_MAX_BODY_BYTES", 4 * 1024 * 1024)?,
             relay_poll: Duration::from_millis(number(&get, "REDDOT_RELAY_POLL_MS", 200)?),
-            retention_after_expiry: Duration::from_secs(number(&get, "REDDOT_RETENTION_AFTER_EXPIRY_SECS", 7 * 24 * 3600)?),
+            retention_after_expiry: Duration::from_secs(number(
+                &get,
+                "REDDOT_RETENTION_AFTER_EXPIRY_SECS",
+                7 * 24 * 3600,
+            )?),
             session_buffer: number(&get, "REDDOT_SESSION_BUFFER", 256)?,
             heartbeat: Duration::from_secs(number(&get, "REDDOT_HEARTBEAT_SECS", 15)?),
             max_sessions_per_user: number(&get, "REDDOT_MAX_SESSIONS_PER_USER", 64)?,
@@ -177,19 +220,34 @@ impl Settings {
 }
 
 fn split_list(list: &str) -> impl Iterator<Item = String> + '_ {
-    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
-fn number<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, name: &'static str, default: T) -> Result<T, ConfigError> {
+fn number<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: T,
+) -> Result<T, ConfigError> {
     match get(name) {
         None => Ok(default),
-        Some(raw) => raw.parse().map_err(|_| ConfigError::Invalid { name, reason: format!("'{raw}' is not a valid number") }),
+        Some(raw) => raw.parse().map_err(|_| ConfigError::Invalid {
+            name,
+            reason: format!("'{raw}' is not a valid number"),
+        }),
     }
 }
 
 fn default_node_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || "_-".contains(*c)).take(48).collect();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "_-".contains(*c))
+        .take(48)
+        .collect();
     if host.is_empty() { "node".into() } else { host }
 }
 
@@ -199,15 +257,27 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(service: Service, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_lookup(service, |k| vars.get(k).cloned())
     }
 
     #[test]
     fn missing_secrets_are_named_in_the_error() {
-        let err = load(Service::Producer, &[]).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = load(Service::Producer, &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("REDDOT_JWT_SECRET"), "{err}");
-        let err = load(Service::Producer, &[("REDDOT_JWT_SECRET", "0123456789abcdef")]).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = load(
+            Service::Producer,
+            &[("REDDOT_JWT_SECRET", "0123456789abcdef")],
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert!(err.contains("REDDOT_API_KEYS"), "{err}");
     }
 
@@ -221,11 +291,30 @@ mod tests {
 
     #[test]
     fn lists_are_comma_separated_and_star_is_refused() -> anyhow::Result<()> {
-        let base = [("REDDOT_JWT_SECRET", "0123456789abcdef"), ("REDDOT_API_KEYS", " k1, k2 ,,")];
-        let s = load(Service::Producer, &[base[0], base[1], ("REDDOT_ALLOWED_ORIGINS", "http://a.test, https://b.test/")])?;
-        assert_eq!(s.api_keys.iter().map(Secret::expose).collect::<Vec<_>>(), ["k1", "k2"]);
+        let base = [
+            ("REDDOT_JWT_SECRET", "0123456789abcdef"),
+            ("REDDOT_API_KEYS", " k1, k2 ,,"),
+        ];
+        let s = load(
+            Service::Producer,
+            &[
+                base[0],
+                base[1],
+                ("REDDOT_ALLOWED_ORIGINS", "http://a.test, https://b.test/"),
+            ],
+        )?;
+        assert_eq!(
+            s.api_keys.iter().map(Secret::expose).collect::<Vec<_>>(),
+            ["k1", "k2"]
+        );
         assert_eq!(s.allowed_origins, ["http://a.test", "https://b.test"]);
-        assert!(load(Service::Producer, &[base[0], base[1], ("REDDOT_ALLOWED_ORIGINS", "*")]).is_err());
+        assert!(
+            load(
+                Service::Producer,
+                &[base[0], base[1], ("REDDOT_ALLOWED_ORIGINS", "*")]
+            )
+            .is_err()
+        );
         Ok(())
     }
 }

@@ -39,7 +39,8 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     match db.get_database_backend() {
         DbBackend::Postgres => {
             let txn = db.begin().await?;
-            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")).await?;
+            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+                .await?;
             Migrator::up(&txn, None).await?;
             txn.commit().await
         }
@@ -49,5 +50,8 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
 
 /// Cheap liveness check used by `/readyz`.
 pub async fn ping(db: &DatabaseConnection) -> bool {
-    matches!(tokio::time::timeout(Duration::from_secs(2), db.ping()).await, Ok(Ok(())))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), db.ping()).await,
+        Ok(Ok(()))
+    )
 }

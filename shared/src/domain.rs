@@ -56,7 +56,8 @@ impl Kind {
     pub const DEFAULT: &'static str = "notice";
 
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        let valid_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c);
+        let valid_char =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c);
         if raw.is_empty() || raw.len() > 64 || !raw.chars().all(valid_char) {
             return Err(Invalid("kind is 1-64 characters of a-z 0-9 _ . -"));
         }

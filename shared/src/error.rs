@@ -63,7 +63,9 @@ impl ErrorCode {
     /// What the caller can do about it.
     pub fn hint(self) -> &'static str {
         match self {
-            ErrorCode::InvalidJson => "send a JSON object matching the API reference (/openapi.json)",
+            ErrorCode::InvalidJson => {
+                "send a JSON object matching the API reference (/openapi.json)"
+            }
             ErrorCode::InvalidRequest => "fix the named field and send again",
             ErrorCode::Unauthorized => "send a valid credential as 'Authorization: Bearer <token>'",
             ErrorCode::Forbidden => "this origin or resource is not allowed for you",
@@ -90,12 +92,20 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), field: None }
+        Self {
+            code,
+            message: message.into(),
+            field: None,
+        }
     }
 
     /// An `invalid_request` about one field of the request.
     pub fn field(field: &str, message: impl Into<String>) -> Self {
-        Self { code: ErrorCode::InvalidRequest, message: message.into(), field: Some(field.to_owned()) }
+        Self {
+            code: ErrorCode::InvalidRequest,
+            message: message.into(),
+            field: Some(field.to_owned()),
+        }
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -111,7 +121,10 @@ impl ApiError {
     }
 
     pub fn database_unavailable() -> Self {
-        Self::new(ErrorCode::DatabaseUnavailable, "the database is unavailable")
+        Self::new(
+            ErrorCode::DatabaseUnavailable,
+            "the database is unavailable",
+        )
     }
 }
 

@@ -9,7 +9,11 @@ use crate::error::{ApiError, ErrorCode};
 
 /// Reads a JSON request body of at most `limit` bytes. Errors: 415 unless the body is
 /// declared `application/json`, 413 past the limit, 400 for bytes that are not JSON.
-pub async fn read_json(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Value, ApiError> {
+pub async fn read_json(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Value, ApiError> {
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -17,12 +21,21 @@ pub async fn read_json(req: &HttpRequest, mut payload: web::Payload, limit: usiz
         .and_then(|v| v.split(';').next())
         .is_some_and(|mime| {
             let mime = mime.trim().to_ascii_lowercase();
-            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
         });
     if !is_json {
-        return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "the body must be application/json"));
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "the body must be application/json",
+        ));
     }
-    let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, format!("the body is larger than {limit} bytes"));
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is larger than {limit} bytes"),
+        )
+    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -33,13 +46,19 @@ pub async fn read_json(req: &HttpRequest, mut payload: web::Payload, limit: usiz
     }
     let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "the body could not be read"))?;
+        let chunk = chunk
+            .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "the body could not be read"))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("the body is not valid JSON: {e}")))
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
 }
 
 /// Finds the first string (value or object key) holding a NUL character, as a JSON path.
@@ -51,8 +70,16 @@ pub fn find_nul(value: &Value, path: &str) -> Option<String> {
             .enumerate()
             .find_map(|(i, v)| find_nul(v, &format!("{path}[{i}]"))),
         Value::Object(map) => map.iter().find_map(|(k, v)| {
-            let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-            if k.contains('\0') { Some(here) } else { find_nul(v, &here) }
+            let here = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                find_nul(v, &here)
+            }
         }),
         _ => None,
     }
@@ -68,7 +95,10 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
     req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
 }
 
@@ -91,7 +121,10 @@ pub async fn access_log(
     let path = req.path().to_owned();
     let res = next.call(req).await?;
     let status = res.status().as_u16();
-    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".into());
     metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     if status >= 500 {

@@ -7,8 +7,9 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber; later calls are no-ops.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn,lapin=warn,amq_protocol=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,sqlx=warn,sea_orm=warn,lapin=warn,amq_protocol=warn")
+    });
     let builder = fmt().with_env_filter(filter).with_target(true);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -54,16 +54,28 @@ pub async fn create_notification(
         key,
         request_hash: hex::encode(Sha256::digest(body.to_string().as_bytes())),
     });
-    let outcome = state.writer.write(WriteRequest { notification, idempotency }).await?;
+    let outcome = state
+        .writer
+        .write(WriteRequest {
+            notification,
+            idempotency,
+        })
+        .await?;
     match outcome {
         Outcome::Created(created) => {
             metrics::counter!(reddot_shared::metrics::NOTIFICATIONS_CREATED, "audience" => created.audience.as_str())
                 .increment(1);
-            tracing::info!(id = created.id, audience = created.audience.as_str(), recipients = created.recipients, "notification stored");
+            tracing::info!(
+                id = created.id,
+                audience = created.audience.as_str(),
+                recipients = created.recipients,
+                "notification stored"
+            );
             Ok(HttpResponse::Created().json(created))
         }
         Outcome::Replay { status, body } => {
-            let status = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::CREATED);
+            let status = actix_web::http::StatusCode::from_u16(status)
+                .unwrap_or(actix_web::http::StatusCode::CREATED);
             Ok(HttpResponse::build(status)
                 .content_type("application/json")
                 .insert_header(("Idempotent-Replayed", "true"))
@@ -78,10 +90,20 @@ pub async fn create_notification(
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
-    let Some(raw) = req.headers().get("Idempotency-Key") else { return Ok(None) };
-    let bad = || ApiError::field("Idempotency-Key", "the Idempotency-Key header is 1-255 visible ASCII characters");
+    let Some(raw) = req.headers().get("Idempotency-Key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::field(
+            "Idempotency-Key",
+            "the Idempotency-Key header is 1-255 visible ASCII characters",
+        )
+    };
     let key = raw.to_str().map_err(|_| bad())?.trim();
-    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+    {
         return Err(bad());
     }
     Ok(Some(key.to_owned()))
@@ -90,14 +112,28 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 /// Checks every rule of the contract and builds what the store needs.
 pub fn validate(body: &Value, now_ms: i64) -> Result<NewNotification, ApiError> {
     let Value::Object(obj) = body else {
-        return Err(ApiError::new(ErrorCode::InvalidRequest, "the body must be a JSON object"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the body must be a JSON object",
+        ));
     };
     if let Some(path) = find_nul(body, "") {
         return Err(ApiError::field(&path, "NUL characters are not allowed"));
     }
-    const FIELDS: [&str; 7] = ["to", "kind", "title", "body", "data", "sender", "expires_at"];
+    const FIELDS: [&str; 7] = [
+        "to",
+        "kind",
+        "title",
+        "body",
+        "data",
+        "sender",
+        "expires_at",
+    ];
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::field(unknown, format!("unknown field '{unknown}'")));
+        return Err(ApiError::field(
+            unknown,
+            format!("unknown field '{unknown}'"),
+        ));
     }
 
     let (audience, users) = recipients(obj.get("to"))?;
@@ -108,7 +144,9 @@ pub fn validate(body: &Value, now_ms: i64) -> Result<NewNotification, ApiError> 
     };
     let title = match obj.get("title") {
         Some(Value::String(s)) if (1..=MAX_TITLE_CHARS).contains(&s.chars().count()) => s.clone(),
-        Some(Value::String(_)) => return Err(ApiError::field("title", "title must be 1-200 characters")),
+        Some(Value::String(_)) => {
+            return Err(ApiError::field("title", "title must be 1-200 characters"));
+        }
         None | Some(Value::Null) => return Err(ApiError::field("title", "title is required")),
         Some(_) => return Err(ApiError::field("title", "title must be a string")),
     };
@@ -119,7 +157,10 @@ pub fn validate(body: &Value, now_ms: i64) -> Result<NewNotification, ApiError> 
         Some(data @ Value::Object(_)) => {
             let json = data.to_string();
             if json.len() > MAX_DATA_BYTES {
-                return Err(ApiError::field("data", "data must be at most 16 KiB of JSON"));
+                return Err(ApiError::field(
+                    "data",
+                    "data must be at most 16 KiB of JSON",
+                ));
             }
             json
         }
@@ -128,22 +169,45 @@ pub fn validate(body: &Value, now_ms: i64) -> Result<NewNotification, ApiError> 
     let expires_at = match obj.get("expires_at") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => {
-            let at = parse_rfc3339(s).ok_or_else(|| ApiError::field("expires_at", "expires_at must be an RFC 3339 timestamp"))?;
+            let at = parse_rfc3339(s).ok_or_else(|| {
+                ApiError::field("expires_at", "expires_at must be an RFC 3339 timestamp")
+            })?;
             if at <= now_ms {
                 return Err(ApiError::field("expires_at", "expires_at is in the past"));
             }
             Some(at)
         }
-        Some(_) => return Err(ApiError::field("expires_at", "expires_at must be an RFC 3339 string")),
+        Some(_) => {
+            return Err(ApiError::field(
+                "expires_at",
+                "expires_at must be an RFC 3339 string",
+            ));
+        }
     };
-    Ok(NewNotification { kind, title, body: text, data, sender, audience, users, expires_at })
+    Ok(NewNotification {
+        kind,
+        title,
+        body: text,
+        data,
+        sender,
+        audience,
+        users,
+        expires_at,
+    })
 }
 
-fn optional_string(obj: &Map<String, Value>, field: &str, max_chars: usize) -> Result<Option<String>, ApiError> {
+fn optional_string(
+    obj: &Map<String, Value>,
+    field: &str,
+    max_chars: usize,
+) -> Result<Option<String>, ApiError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.chars().count() <= max_chars => Ok(Some(s.clone())),
-        Some(Value::String(_)) => Err(ApiError::field(field, format!("{field} must be at most {max_chars} characters"))),
+        Some(Value::String(_)) => Err(ApiError::field(
+            field,
+            format!("{field} must be at most {max_chars} characters"),
+        )),
         Some(_) => Err(ApiError::field(field, format!("{field} must be a string"))),
     }
 }
@@ -151,13 +215,22 @@ fn optional_string(obj: &Map<String, Value>, field: &str, max_chars: usize) -> R
 /// `{"users": [...]}` (deduplicated, order kept) or `{"all": true}`.
 fn recipients(to: Option<&Value>) -> Result<(Audience, Vec<UserId>), ApiError> {
     let Some(Value::Object(to)) = to else {
-        return Err(ApiError::field("to", "to is required: {\"users\": [...]} or {\"all\": true}"));
+        return Err(ApiError::field(
+            "to",
+            "to is required: {\"users\": [...]} or {\"all\": true}",
+        ));
     };
     if let Some(unknown) = to.keys().find(|k| *k != "users" && *k != "all") {
-        return Err(ApiError::field(&format!("to.{unknown}"), format!("unknown field 'to.{unknown}'")));
+        return Err(ApiError::field(
+            &format!("to.{unknown}"),
+            format!("unknown field 'to.{unknown}'"),
+        ));
     }
     match (to.get("users"), to.get("all")) {
-        (Some(_), Some(_)) => Err(ApiError::field("to", "give either to.users or to.all, not both")),
+        (Some(_), Some(_)) => Err(ApiError::field(
+            "to",
+            "give either to.users or to.all, not both",
+        )),
         (None, Some(Value::Bool(true))) => Ok((Audience::All, Vec::new())),
         (None, Some(_)) => Err(ApiError::field("to.all", "to.all must be true")),
         (Some(Value::Array(list)), None) => {
@@ -172,16 +245,25 @@ fn recipients(to: Option<&Value>) -> Result<(Audience, Vec<UserId>), ApiError> {
                 if seen.insert(user.clone()) {
                     users.push(user);
                     if users.len() > MAX_RECIPIENTS {
-                        return Err(ApiError::field("to.users", "at most 10,000 distinct users per notification"));
+                        return Err(ApiError::field(
+                            "to.users",
+                            "at most 10,000 distinct users per notification",
+                        ));
                     }
                 }
             }
             if users.is_empty() {
-                return Err(ApiError::field("to.users", "to.users needs at least one user id"));
+                return Err(ApiError::field(
+                    "to.users",
+                    "to.users needs at least one user id",
+                ));
             }
             Ok((Audience::User, users))
         }
-        (Some(_), None) => Err(ApiError::field("to.users", "to.users must be an array of user ids")),
+        (Some(_), None) => Err(ApiError::field(
+            "to.users",
+            "to.users must be an array of user ids",
+        )),
         (None, None) => Err(ApiError::field("to", "to needs users or all")),
     }
 }
@@ -199,11 +281,17 @@ mod tests {
 
     #[test]
     fn a_minimal_targeted_notification_gets_defaults() -> anyhow::Result<()> {
-        let n = validate(&json!({"to": {"users": ["bob", "alice", "bob"]}, "title": "hi"}), NOW)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let n = validate(
+            &json!({"to": {"users": ["bob", "alice", "bob"]}, "title": "hi"}),
+            NOW,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         assert_eq!(n.kind.as_str(), "notice");
         assert_eq!(n.data, "{}");
-        assert_eq!(n.users.iter().map(UserId::as_str).collect::<Vec<_>>(), ["bob", "alice"]);
+        assert_eq!(
+            n.users.iter().map(UserId::as_str).collect::<Vec<_>>(),
+            ["bob", "alice"]
+        );
         Ok(())
     }
 
@@ -211,25 +299,74 @@ mod tests {
     fn each_rule_names_its_field() {
         let to = json!({"users": ["a"]});
         assert_eq!(field_of(json!({"title": "x"})).as_deref(), Some("to"));
-        assert_eq!(field_of(json!({"to": {"users": []}, "title": "x"})).as_deref(), Some("to.users"));
-        assert_eq!(field_of(json!({"to": {"users": ["ok", "no way"]}, "title": "x"})).as_deref(), Some("to.users[1]"));
-        assert_eq!(field_of(json!({"to": {"all": false}, "title": "x"})).as_deref(), Some("to.all"));
-        assert_eq!(field_of(json!({"to": to, "title": ""})).as_deref(), Some("title"));
-        assert_eq!(field_of(json!({"to": to, "title": "t".repeat(201)})).as_deref(), Some("title"));
-        assert_eq!(field_of(json!({"to": to, "title": "x", "kind": "Bad"})).as_deref(), Some("kind"));
-        assert_eq!(field_of(json!({"to": to, "title": "x", "body": "b".repeat(10_001)})).as_deref(), Some("body"));
-        assert_eq!(field_of(json!({"to": to, "title": "x", "data": [1]})).as_deref(), Some("data"));
-        assert_eq!(field_of(json!({"to": to, "title": "x", "data": {"k": "v".repeat(17_000)}})).as_deref(), Some("data"));
-        assert_eq!(field_of(json!({"to": to, "title": "x", "expires_at": "2020-01-01T00:00:00Z"})).as_deref(), Some("expires_at"));
-        assert_eq!(field_of(json!({"to": to, "title": "x\u{0}"})).as_deref(), Some("title"));
-        assert_eq!(field_of(json!({"to": to, "title": "x", "data": {"a": {"b": "\u{0}"}}})).as_deref(), Some("data.a.b"));
-        assert_eq!(field_of(json!({"to": to, "title": "x", "titel": "y"})).as_deref(), Some("titel"));
+        assert_eq!(
+            field_of(json!({"to": {"users": []}, "title": "x"})).as_deref(),
+            Some("to.users")
+        );
+        assert_eq!(
+            field_of(json!({"to": {"users": ["ok", "no way"]}, "title": "x"})).as_deref(),
+            Some("to.users[1]")
+        );
+        assert_eq!(
+            field_of(json!({"to": {"all": false}, "title": "x"})).as_deref(),
+            Some("to.all")
+        );
+        assert_eq!(
+            field_of(json!({"to": to, "title": ""})).as_deref(),
+            Some("title")
+        );
+        assert_eq!(
+            field_of(json!({"to": to, "title": "t".repeat(201)})).as_deref(),
+            Some("title")
+        );
+        assert_eq!(
+            field_of(json!({"to": to, "title": "x", "kind": "Bad"})).as_deref(),
+            Some("kind")
+        );
+        assert_eq!(
+            field_of(json!({"to": to, "title": "x", "body": "b".repeat(10_001)})).as_deref(),
+            Some("body")
+        );
+        assert_eq!(
+            field_of(json!({"to": to, "title": "x", "data": [1]})).as_deref(),
+            Some("data")
+        );
+        assert_eq!(
+            field_of(json!({"to": to, "title": "x", "data": {"k": "v".repeat(17_000)}})).as_deref(),
+            Some("data")
+        );
+        assert_eq!(
+            field_of(json!({"to": to, "title": "x", "expires_at": "2020-01-01T00:00:00Z"}))
+                .as_deref(),
+            Some("expires_at")
+        );
+        assert_eq!(
+            field_of(json!({"to": to, "title": "x\u{0}"})).as_deref(),
+            Some("title")
+        );
+        assert_eq!(
+            field_of(json!({"to": to, "title": "x", "data": {"a": {"b": "\u{0}"}}})).as_deref(),
+            Some("data.a.b")
+        );
+        assert_eq!(
+            field_of(json!({"to": to, "title": "x", "titel": "y"})).as_deref(),
+            Some("titel")
+        );
     }
 
     #[test]
     fn ten_thousand_distinct_users_pass_and_one_more_fails() {
         let users: Vec<String> = (0..10_001).map(|i| format!("u{i}")).collect();
-        assert!(validate(&json!({"to": {"users": &users[..10_000]}, "title": "x"}), NOW).is_ok());
-        assert_eq!(field_of(json!({"to": {"users": users}, "title": "x"})).as_deref(), Some("to.users"));
+        assert!(
+            validate(
+                &json!({"to": {"users": &users[..10_000]}, "title": "x"}),
+                NOW
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            field_of(json!({"to": {"users": users}, "title": "x"})).as_deref(),
+            Some("to.users")
+        );
     }
 }

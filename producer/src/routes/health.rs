@@ -23,7 +23,11 @@ pub async fn healthz() -> HttpResponse {
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let database = db::ping(&state.db).await;
-    let lag = if database { outbox::lag(&state.db).await.ok() } else { None };
+    let lag = if database {
+        outbox::lag(&state.db).await.ok()
+    } else {
+        None
+    };
     if let Some(lag) = lag {
         metrics::gauge!(m::OUTBOX_PENDING).set(lag as f64);
     }
@@ -33,7 +37,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "rabbitmq": if rabbitmq { "ok" } else { "down" },
         "outbox_lag": lag,
     });
-    if database { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+    if database {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
 }
 
 async fn amqp_reachable(state: &AppState) -> bool {

@@ -38,22 +38,39 @@ pub async fn mint_token(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_json(&req, payload, 64 * 1024).await?;
     let Value::Object(obj) = &body else {
-        return Err(ApiError::new(ErrorCode::InvalidRequest, "the body must be a JSON object"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the body must be a JSON object",
+        ));
     };
     if let Some(unknown) = obj.keys().find(|k| *k != "user_id" && *k != "ttl_seconds") {
-        return Err(ApiError::field(unknown, format!("unknown field '{unknown}'")));
+        return Err(ApiError::field(
+            unknown,
+            format!("unknown field '{unknown}'"),
+        ));
     }
     let user = match obj.get("user_id") {
         Some(Value::String(s)) => UserId::parse(s).map_err(|e| ApiError::field("user_id", e.0))?,
-        _ => return Err(ApiError::field("user_id", "user_id is required and must be a string")),
+        _ => {
+            return Err(ApiError::field(
+                "user_id",
+                "user_id is required and must be a string",
+            ));
+        }
     };
     let ttl = match obj.get("ttl_seconds") {
         None | Some(Value::Null) => DEFAULT_TTL_SECS,
         Some(v) => v
             .as_i64()
             .filter(|t| (MIN_TTL_SECS..=MAX_TTL_SECS).contains(t))
-            .ok_or_else(|| ApiError::field("ttl_seconds", "ttl_seconds is a whole number from 60 to 86400"))?,
+            .ok_or_else(|| {
+                ApiError::field(
+                    "ttl_seconds",
+                    "ttl_seconds is a whole number from 60 to 86400",
+                )
+            })?,
     };
-    let (token, exp) = auth::mint(state.jwt_secret.expose(), &user, ttl).map_err(|_| ApiError::internal())?;
+    let (token, exp) =
+        auth::mint(state.jwt_secret.expose(), &user, ttl).map_err(|_| ApiError::internal())?;
     Ok(HttpResponse::Ok().json(json!({"token": token, "expires_at": rfc3339(exp * 1000)})))
 }

@@ -6,7 +6,13 @@ use sea_orm::ConnectionTrait;
 use super::{StoreError, stmt};
 
 /// Takes or renews `name` for `holder` until `now + ttl`. True if `holder` now holds it.
-pub async fn acquire(db: &impl ConnectionTrait, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool, StoreError> {
+pub async fn acquire(
+    db: &impl ConnectionTrait,
+    name: &str,
+    holder: &str,
+    now_ms: i64,
+    ttl_ms: i64,
+) -> Result<bool, StoreError> {
     let res = db
         .execute_raw(stmt(
             db,
@@ -18,8 +24,16 @@ pub async fn acquire(db: &impl ConnectionTrait, name: &str, holder: &str, now_ms
 }
 
 /// Gives `name` up so that another instance can take it at once.
-pub async fn release(db: &impl ConnectionTrait, name: &str, holder: &str) -> Result<(), StoreError> {
-    db.execute_raw(stmt(db, "UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2", [name.into(), holder.into()]))
-        .await?;
+pub async fn release(
+    db: &impl ConnectionTrait,
+    name: &str,
+    holder: &str,
+) -> Result<(), StoreError> {
+    db.execute_raw(stmt(
+        db,
+        "UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2",
+        [name.into(), holder.into()],
+    ))
+    .await?;
     Ok(())
 }

@@ -15,13 +15,26 @@ pub async fn delete_expired(db: &impl ConnectionTrait, cutoff_ms: i64) -> Result
     ))
     .await?;
     let res = db
-        .execute_raw(stmt(db, "DELETE FROM notifications WHERE expires_at IS NOT NULL AND expires_at < $1", [cutoff_ms.into()]))
+        .execute_raw(stmt(
+            db,
+            "DELETE FROM notifications WHERE expires_at IS NOT NULL AND expires_at < $1",
+            [cutoff_ms.into()],
+        ))
         .await?;
     Ok(res.rows_affected())
 }
 
 /// Deletes idempotency keys created before `cutoff_ms`.
-pub async fn delete_idempotency_keys(db: &impl ConnectionTrait, cutoff_ms: i64) -> Result<u64, StoreError> {
-    let res = db.execute_raw(stmt(db, "DELETE FROM idempotency_keys WHERE created_at < $1", [cutoff_ms.into()])).await?;
+pub async fn delete_idempotency_keys(
+    db: &impl ConnectionTrait,
+    cutoff_ms: i64,
+) -> Result<u64, StoreError> {
+    let res = db
+        .execute_raw(stmt(
+            db,
+            "DELETE FROM idempotency_keys WHERE created_at < $1",
+            [cutoff_ms.into()],
+        ))
+        .await?;
     Ok(res.rows_affected())
 }

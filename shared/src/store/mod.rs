@@ -39,9 +39,8 @@ impl StoreError {
             StoreError::Corrupt(_) => false,
             StoreError::Db(err) => match err {
                 DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-                DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => {
-                    sqlx_unavailable(e)
-                }
+                DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+                | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => sqlx_unavailable(e),
                 _ => false,
             },
         }
@@ -50,11 +49,21 @@ impl StoreError {
 
 fn sqlx_unavailable(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => {
             // PostgreSQL classes 08 (connection), 53 (resources), 57 (shutdown);
             // SQLite 5/6 (busy, locked) after the busy timeout.
-            db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c == "5" || c == "6")
+            db.code().is_some_and(|c| {
+                c.starts_with("08")
+                    || c.starts_with("53")
+                    || c.starts_with("57")
+                    || c == "5"
+                    || c == "6"
+            })
         }
         _ => false,
     }
@@ -84,11 +93,13 @@ impl TryFrom<NotificationRow> for Notification {
     fn try_from(row: NotificationRow) -> Result<Self, StoreError> {
         Ok(Notification {
             id: row.id,
-            audience: Audience::parse(&row.audience).ok_or_else(|| StoreError::Corrupt(format!("audience of {}", row.id)))?,
+            audience: Audience::parse(&row.audience)
+                .ok_or_else(|| StoreError::Corrupt(format!("audience of {}", row.id)))?,
             kind: row.kind,
             title: row.title,
             body: row.body,
-            data: serde_json::value::RawValue::from_string(row.data).map_err(|_| StoreError::Corrupt("data".into()))?,
+            data: serde_json::value::RawValue::from_string(row.data)
+                .map_err(|_| StoreError::Corrupt("data".into()))?,
             sender: row.sender,
             created_at: row.created_at,
             expires_at: row.expires_at,
@@ -97,7 +108,11 @@ impl TryFrom<NotificationRow> for Notification {
 }
 
 /// Builds a statement for the connection's backend.
-pub fn stmt(db: &impl ConnectionTrait, sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
+pub fn stmt(
+    db: &impl ConnectionTrait,
+    sql: &str,
+    values: impl IntoIterator<Item = Value>,
+) -> Statement {
     Statement::from_sql_and_values(db.get_database_backend(), sql, values)
 }
 
@@ -123,7 +138,10 @@ pub fn placeholders(rows: usize, cols: usize, first: usize) -> String {
 
 /// `$first, $first+1, …` for an `IN (…)` list.
 pub fn list(n: usize, first: usize) -> String {
-    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Most bound values a statement gets: under SQLite's and PostgreSQL's limits.

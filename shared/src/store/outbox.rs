@@ -31,7 +31,11 @@ struct OutboxRow {
 }
 
 /// Reads up to `limit` pending notifications, fewer when they carry many recipients.
-pub async fn pending(db: &impl ConnectionTrait, limit: u32, now_ms: i64) -> Result<Pending, StoreError> {
+pub async fn pending(
+    db: &impl ConnectionTrait,
+    limit: u32,
+    now_ms: i64,
+) -> Result<Pending, StoreError> {
     let rows = OutboxRow::find_by_statement(stmt(
         db,
         "SELECT o.notification_id, o.created_at, n.recipients FROM outbox o \
@@ -54,7 +58,11 @@ pub async fn pending(db: &impl ConnectionTrait, limit: u32, now_ms: i64) -> Resu
         return Ok(pending);
     }
     let in_list = list(pending.ids.len(), 1);
-    let values = pending.ids.iter().map(|id| (*id).into()).collect::<Vec<_>>();
+    let values = pending
+        .ids
+        .iter()
+        .map(|id| (*id).into())
+        .collect::<Vec<_>>();
     let notifications = NotificationRow::find_by_statement(stmt(
         db,
         &format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications n WHERE n.id IN ({in_list}) ORDER BY n.id"),
@@ -63,7 +71,10 @@ pub async fn pending(db: &impl ConnectionTrait, limit: u32, now_ms: i64) -> Resu
     .all(db)
     .await?;
     let mut users: HashMap<i64, Vec<String>> = HashMap::new();
-    if notifications.iter().any(|n| n.audience == Audience::User.as_str()) {
+    if notifications
+        .iter()
+        .any(|n| n.audience == Audience::User.as_str())
+    {
         let rows = db
             .query_all_raw(stmt(
                 db,
@@ -73,7 +84,10 @@ pub async fn pending(db: &impl ConnectionTrait, limit: u32, now_ms: i64) -> Resu
             .await?;
         for row in rows {
             let id: i64 = row.try_get("", "notification_id")?;
-            users.entry(id).or_default().push(row.try_get("", "user_id")?);
+            users
+                .entry(id)
+                .or_default()
+                .push(row.try_get("", "user_id")?);
         }
     }
     for row in notifications {
@@ -94,13 +108,25 @@ pub async fn mark_published(db: &impl ConnectionTrait, ids: &[i64]) -> Result<()
         return Ok(());
     }
     let values = ids.iter().map(|id| (*id).into()).collect::<Vec<_>>();
-    db.execute_raw(stmt(db, &format!("DELETE FROM outbox WHERE notification_id IN ({})", list(ids.len(), 1)), values))
-        .await?;
+    db.execute_raw(stmt(
+        db,
+        &format!(
+            "DELETE FROM outbox WHERE notification_id IN ({})",
+            list(ids.len(), 1)
+        ),
+        values,
+    ))
+    .await?;
     Ok(())
 }
 
 /// How many notifications wait to be published.
 pub async fn lag(db: &impl ConnectionTrait) -> Result<i64, StoreError> {
-    let row = db.query_one_raw(stmt(db, "SELECT COUNT(*) AS n FROM outbox", [])).await?;
-    Ok(row.map(|r| r.try_get::<i64>("", "n")).transpose()?.unwrap_or(0))
+    let row = db
+        .query_one_raw(stmt(db, "SELECT COUNT(*) AS n FROM outbox", []))
+        .await?;
+    Ok(row
+        .map(|r| r.try_get::<i64>("", "n"))
+        .transpose()?
+        .unwrap_or(0))
 }

@@ -5,7 +5,8 @@
 //! commit's fsync once per batch instead of once per request.
 
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, SqliteTransactionMode, TransactionOptions, TransactionTrait, Value,
+    ConnectionTrait, DatabaseConnection, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait, Value,
 };
 use serde::Serialize;
 
@@ -69,13 +70,19 @@ fn ser_ms<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
 pub enum Outcome {
     Created(Created),
     /// A repeat of an earlier request with the same Idempotency-Key: its first answer.
-    Replay { status: u16, body: String },
+    Replay {
+        status: u16,
+        body: String,
+    },
     /// The same Idempotency-Key with a different body.
     KeyReused,
 }
 
 /// Stores a batch in one transaction; outcomes are in request order.
-pub async fn commit_batch(db: &DatabaseConnection, batch: &[WriteRequest]) -> Result<Vec<Outcome>, StoreError> {
+pub async fn commit_batch(
+    db: &DatabaseConnection,
+    batch: &[WriteRequest],
+) -> Result<Vec<Outcome>, StoreError> {
     let txn = db
         .begin_with_options(TransactionOptions {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
@@ -83,7 +90,8 @@ pub async fn commit_batch(db: &DatabaseConnection, batch: &[WriteRequest]) -> Re
         })
         .await?;
     if is_postgres(&txn) {
-        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({INSERT_LOCK})")).await?;
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({INSERT_LOCK})"))
+            .await?;
     }
     let now = now_ms();
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -130,14 +138,24 @@ pub async fn commit_batch(db: &DatabaseConnection, batch: &[WriteRequest]) -> Re
             ]);
         }
         outbox_rows.push([id.into(), now.into()]);
-        let created = Created { id, created_at: now, audience: n.audience, recipients };
+        let created = Created {
+            id,
+            created_at: now,
+            audience: n.audience,
+            recipients,
+        };
         if let Some(claim) = &req.idempotency {
             remember_idempotent(&txn, claim, &created, now).await?;
         }
         outcomes.push(Outcome::Created(created));
     }
 
-    insert_rows(&txn, "recipients (user_id, notification_id, broadcast, kind, expires_at, state)", recipient_rows).await?;
+    insert_rows(
+        &txn,
+        "recipients (user_id, notification_id, broadcast, kind, expires_at, state)",
+        recipient_rows,
+    )
+    .await?;
     insert_rows(&txn, "outbox (notification_id, created_at)", outbox_rows).await?;
     txn.commit().await?;
     Ok(outcomes)
@@ -150,7 +168,10 @@ async fn insert_rows<const N: usize>(
     rows: Vec<[Value; N]>,
 ) -> Result<(), StoreError> {
     for chunk in rows.chunks(MAX_PARAMS / N) {
-        let sql = format!("INSERT INTO {table_and_columns} VALUES {}", placeholders(chunk.len(), N, 1));
+        let sql = format!(
+            "INSERT INTO {table_and_columns} VALUES {}",
+            placeholders(chunk.len(), N, 1)
+        );
         let values = chunk.iter().flat_map(|r| r.iter().cloned());
         txn.execute_raw(stmt(txn, &sql, values)).await?;
     }
@@ -176,7 +197,10 @@ async fn find_idempotent(
     }
     let status: i16 = row.try_get("", "status")?;
     let body: String = row.try_get("", "response")?;
-    Ok(Some(Outcome::Replay { status: u16::try_from(status).unwrap_or(201), body }))
+    Ok(Some(Outcome::Replay {
+        status: u16::try_from(status).unwrap_or(201),
+        body,
+    }))
 }
 
 async fn remember_idempotent(

@@ -1,0 +1,43 @@
+//! What the producer publishes: exactly what it committed, to the right exchange and
+//! routing keys, in id order.
+
+use std::time::Duration;
+
+use reddot_tests::{Backend, Stack, TestConsumer};
+use serde_json::json;
+
+async fn a_consumer_receives_exactly_the_committed_notifications(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let stack = Stack::start(backend).await?;
+    let mut consumer = TestConsumer::bind(&stack.vhost, &["alice", "bob"]).await?;
+
+    let targeted = stack.notify(&json!({"to": {"users": ["alice", "bob", "carol"]}, "kind": "comment", "title": "New reply", "data": {"post_id": 42}})).await?;
+    let other = stack
+        .notify(&json!({"to": {"users": ["carol"]}, "title": "not for alice or bob"}))
+        .await?;
+    let broadcast = stack
+        .notify(&json!({"to": {"all": true}, "title": "Maintenance"}))
+        .await?;
+
+    let got = consumer.take(2, Duration::from_secs(10)).await?;
+    assert_eq!(got[0].id, targeted);
+    assert_eq!(got[0].users, ["alice", "bob", "carol"]);
+    assert_eq!(got[0].json["title"], "New reply");
+    assert_eq!(got[0].json["data"]["post_id"], 42);
+    assert_eq!(got[0].json["audience"], "user");
+    assert_eq!(got[1].id, broadcast);
+    assert_eq!(got[1].json["audience"], "all");
+    assert!(other > targeted && other < broadcast);
+    consumer.expect_nothing(Duration::from_millis(500)).await
+}
+
+#[tokio::test]
+async fn sqlite_a_consumer_receives_exactly_the_committed_notifications() -> anyhow::Result<()> {
+    a_consumer_receives_exactly_the_committed_notifications(Backend::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_a_consumer_receives_exactly_the_committed_notifications() -> anyhow::Result<()> {
+    a_consumer_receives_exactly_the_committed_notifications(Backend::Postgres).await
+}
