@@ -2,9 +2,11 @@
 //! `$N` placeholders, which both sqlx drivers (PostgreSQL and SQLite) bind by number.
 
 pub mod entity;
+pub mod inbox;
 pub mod lease;
 pub mod maintenance;
 pub mod outbox;
+pub mod read_state;
 pub mod write;
 
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement, Value, sqlx};

@@ -1,0 +1,101 @@
+//! What a session sends, and its encoding for each transport. Notification JSON is kept
+//! as the text the relay published and spliced into frames, never re-serialized.
+
+use std::sync::Arc;
+
+use reddot_shared::{domain::Notification, store::inbox::Unread};
+use serde_json::json;
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    Notification {
+        id: i64,
+        created_at: i64,
+        json: Arc<str>,
+    },
+    Unread(Unread),
+    /// A resume could not be served (too much missed): reload the inbox.
+    Reset,
+    /// The token's `exp` passed; the session ends after this.
+    TokenExpired,
+    /// Nothing to send; the transport keeps the connection alive.
+    Heartbeat,
+}
+
+impl Event {
+    pub fn from_notification(n: &Notification) -> Self {
+        Event::Notification {
+            id: n.id,
+            created_at: n.created_at,
+            json: Arc::from(n.to_json()),
+        }
+    }
+
+    /// An SSE frame. The payload is JSON, which escapes every newline and carriage
+    /// return, so a `data:` line can never be split by content.
+    pub fn sse(&self) -> String {
+        match self {
+            Event::Notification { id, json, .. } => {
+                format!("event: notification\nid: {id}\ndata: {json}\n\n")
+            }
+            Event::Unread(u) => format!("event: unread\ndata: {}\n\n", json!(u)),
+            Event::Reset => "event: reset\ndata: {\"reason\":\"gap_too_large\"}\n\n".into(),
+            Event::TokenExpired => "event: token_expired\ndata: {}\n\n".into(),
+            Event::Heartbeat => ": ping\n\n".into(),
+        }
+    }
+
+    /// The WebSocket (and iframe / long-poll) object: the same payload with a `"type"`.
+    pub fn typed_json(&self) -> Option<String> {
+        Some(match self {
+            Event::Notification { json, .. } => splice_type("notification", json),
+            Event::Unread(u) => {
+                json!({"type": "unread", "count": u.count, "by_kind": u.by_kind, "as_of": u.as_of})
+                    .to_string()
+            }
+            Event::Reset => json!({"type": "reset", "reason": "gap_too_large"}).to_string(),
+            Event::TokenExpired => json!({"type": "token_expired"}).to_string(),
+            Event::Heartbeat => return None,
+        })
+    }
+}
+
+/// `{"a":1}` → `{"type":"…","a":1}` without parsing.
+fn splice_type(kind: &str, object: &str) -> String {
+    let rest = object.strip_prefix('{').unwrap_or(object);
+    if rest.trim_start().starts_with('}') {
+        format!("{{\"type\":\"{kind}\"}}")
+    } else {
+        format!("{{\"type\":\"{kind}\",{rest}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_frames_carry_the_notification_fields_with_a_type() -> anyhow::Result<()> {
+        let e = Event::Notification {
+            id: 3,
+            created_at: 0,
+            json: Arc::from(r#"{"id":3,"title":"a\nb"}"#),
+        };
+        let v: serde_json::Value = serde_json::from_str(&e.typed_json().unwrap_or_default())?;
+        assert_eq!(v, json!({"type": "notification", "id": 3, "title": "a\nb"}));
+        Ok(())
+    }
+
+    #[test]
+    fn sse_frames_stay_one_data_line_whatever_the_content() {
+        let n = Event::Notification {
+            id: 9,
+            created_at: 0,
+            json: Arc::from(json!({"title": "x\r\ny\n\ndata: z"}).to_string()),
+        };
+        let frame = n.sse();
+        assert_eq!(frame.matches('\n').count(), 4, "{frame:?}");
+        assert!(!frame.contains('\r'));
+        assert!(frame.ends_with("\n\n"));
+    }
+}

@@ -1,0 +1,256 @@
+//! The in-process hub: which sessions each user has on this node, and fan-out of every
+//! delivery from the node's queue to them. It also owns the per-user binding lifecycle:
+//! the first session of a user asks for a `reddot.direct` binding, the last one leaving
+//! asks for its removal. Those requests are queued under the same lock that changes the
+//! session set and executed in order by one task, so the broker's bindings always end
+//! up matching the sessions (no binding left behind, none removed under a new session).
+//!
+//! The hub knows nothing of HTTP or of AMQP channels.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+};
+
+use reddot_shared::{
+    amqp::{Delivered, Incoming},
+    domain::{Audience, UserId},
+    metrics as m,
+};
+use tokio::sync::{mpsc, watch};
+
+const SHARDS: usize = 64;
+
+/// What the hub sends a session.
+#[derive(Debug, Clone)]
+pub enum HubMsg {
+    Notification(Arc<Delivered>),
+    /// The user's read state changed on some node: send a fresh unread count.
+    ReadStateChanged,
+    /// Live messages may have been lost (broker reconnect): catch up from the database.
+    Resync,
+}
+
+/// A binding change for the AMQP side to carry out, in order.
+#[derive(Debug)]
+pub enum BindCmd {
+    Bind {
+        user: String,
+        bound: Arc<watch::Sender<bool>>,
+    },
+    Unbind {
+        user: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("too many sessions for this user")]
+    TooManySessions,
+    #[error("this node is at its connection limit")]
+    NodeFull,
+}
+
+struct Slot {
+    sessions: Vec<(u64, mpsc::Sender<HubMsg>)>,
+    bound: Arc<watch::Sender<bool>>,
+}
+
+pub struct Hub {
+    shards: Vec<Mutex<HashMap<String, Slot>>>,
+    hasher: RandomState,
+    next_id: AtomicU64,
+    sessions: AtomicUsize,
+    users: AtomicUsize,
+    binder: mpsc::UnboundedSender<BindCmd>,
+    max_sessions_per_user: usize,
+    max_sessions: usize,
+}
+
+/// A session's place in the hub; leaving is its `Drop`.
+pub struct Membership {
+    hub: Arc<Hub>,
+    user: String,
+    id: u64,
+    pub rx: mpsc::Receiver<HubMsg>,
+    pub bound: watch::Receiver<bool>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.leave(&self.user, self.id);
+    }
+}
+
+impl Hub {
+    pub fn new(
+        binder: mpsc::UnboundedSender<BindCmd>,
+        max_sessions_per_user: usize,
+        max_sessions: usize,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            next_id: AtomicU64::new(1),
+            sessions: AtomicUsize::new(0),
+            users: AtomicUsize::new(0),
+            binder,
+            max_sessions_per_user,
+            max_sessions,
+        })
+    }
+
+    fn shard(&self, user: &str) -> &Mutex<HashMap<String, Slot>> {
+        &self.shards[(self.hasher.hash_one(user) as usize) % SHARDS]
+    }
+
+    fn lock<'a>(
+        shard: &'a Mutex<HashMap<String, Slot>>,
+    ) -> std::sync::MutexGuard<'a, HashMap<String, Slot>> {
+        shard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a session for `user` with a queue of `buffer` messages.
+    pub fn join(self: &Arc<Self>, user: &UserId, buffer: usize) -> Result<Membership, JoinError> {
+        if self.sessions.load(Ordering::Relaxed) >= self.max_sessions {
+            return Err(JoinError::NodeFull);
+        }
+        let (tx, rx) = mpsc::channel(buffer.max(1));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut shard = Self::lock(self.shard(user.as_str()));
+        let slot = match shard.get_mut(user.as_str()) {
+            Some(slot) => {
+                if slot.sessions.len() >= self.max_sessions_per_user {
+                    return Err(JoinError::TooManySessions);
+                }
+                slot
+            }
+            None => {
+                let bound = Arc::new(watch::channel(false).0);
+                let _ = self.binder.send(BindCmd::Bind {
+                    user: user.as_str().to_owned(),
+                    bound: bound.clone(),
+                });
+                self.users.fetch_add(1, Ordering::Relaxed);
+                metrics::gauge!(m::USERS_ONLINE).increment(1.0);
+                shard.entry(user.as_str().to_owned()).or_insert(Slot {
+                    sessions: Vec::new(),
+                    bound,
+                })
+            }
+        };
+        slot.sessions.push((id, tx));
+        let bound = slot.bound.subscribe();
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        drop(shard);
+        Ok(Membership {
+            hub: self.clone(),
+            user: user.as_str().to_owned(),
+            id,
+            rx,
+            bound,
+        })
+    }
+
+    fn leave(&self, user: &str, id: u64) {
+        let mut shard = Self::lock(self.shard(user));
+        let Some(slot) = shard.get_mut(user) else {
+            return;
+        };
+        let before = slot.sessions.len();
+        slot.sessions.retain(|(sid, _)| *sid != id);
+        if slot.sessions.len() < before {
+            self.sessions.fetch_sub(1, Ordering::Relaxed);
+        }
+        if slot.sessions.is_empty() {
+            shard.remove(user);
+            let _ = self.binder.send(BindCmd::Unbind {
+                user: user.to_owned(),
+            });
+            self.users.fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!(m::USERS_ONLINE).decrement(1.0);
+        }
+    }
+
+    /// Routes one delivery from the node queue to the sessions it is for.
+    pub fn dispatch(&self, incoming: Incoming) {
+        match incoming {
+            Incoming::Notification(n) if n.audience == Audience::All => {
+                for shard in &self.shards {
+                    let mut shard = Self::lock(shard);
+                    for slot in shard.values_mut() {
+                        self.send_all(slot, &HubMsg::Notification(n.clone()));
+                    }
+                }
+            }
+            Incoming::Notification(n) => {
+                for user in &n.users {
+                    let mut shard = Self::lock(self.shard(user));
+                    if let Some(slot) = shard.get_mut(user.as_str()) {
+                        self.send_all(slot, &HubMsg::Notification(n.clone()));
+                    }
+                }
+            }
+            Incoming::ReadState { user } => {
+                let mut shard = Self::lock(self.shard(&user));
+                if let Some(slot) = shard.get_mut(user.as_str()) {
+                    self.send_all(slot, &HubMsg::ReadStateChanged);
+                }
+            }
+        }
+    }
+
+    /// Tells every session to catch up from the database.
+    pub fn resync_all(&self) {
+        for shard in &self.shards {
+            let mut shard = Self::lock(shard);
+            for slot in shard.values_mut() {
+                self.send_all(slot, &HubMsg::Resync);
+            }
+        }
+    }
+
+    /// Sends to each session of a user; a session whose queue is full is dropped from
+    /// the hub (its transport then ends and the client resumes from its last id), so a
+    /// reader that stalls can never make the node buffer without bound.
+    fn send_all(&self, slot: &mut Slot, msg: &HubMsg) {
+        let before = slot.sessions.len();
+        slot.sessions
+            .retain(|(_, tx)| tx.try_send(msg.clone()).is_ok());
+        let dropped = before - slot.sessions.len();
+        if dropped > 0 {
+            self.sessions.fetch_sub(dropped, Ordering::Relaxed);
+            metrics::counter!(m::SESSIONS_DROPPED, "reason" => "slow_consumer")
+                .increment(dropped as u64);
+            tracing::info!(dropped, "closed sessions that stopped reading");
+        }
+        // An emptied slot stays until its memberships drop: they unbind it then.
+    }
+
+    /// Users with sessions now, with their binding flags (for re-binding after a reconnect).
+    pub fn online(&self) -> Vec<(String, Arc<watch::Sender<bool>>)> {
+        let mut out = Vec::with_capacity(self.users.load(Ordering::Relaxed));
+        for shard in &self.shards {
+            out.extend(
+                Self::lock(shard)
+                    .iter()
+                    .map(|(u, s)| (u.clone(), s.bound.clone())),
+            );
+        }
+        out
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,40 @@
+//! `/healthz`, `/readyz` (200 iff the database answers; RabbitMQ reported, not required:
+//! sessions catch up from the database when it returns) and `/metrics`.
+
+use std::sync::atomic::Ordering;
+
+use actix_web::{HttpResponse, get, web};
+use reddot_shared::{db, metrics as m};
+use serde_json::json;
+
+use crate::state::GatewayState;
+
+#[get("/healthz")]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+#[get("/readyz")]
+pub async fn readyz(state: web::Data<GatewayState>) -> HttpResponse {
+    let database = db::ping(&state.db).await;
+    let rabbitmq = state.amqp_connected.load(Ordering::Relaxed);
+    let hub = &state.sessions.hub;
+    let body = json!({
+        "database": if database { "ok" } else { "down" },
+        "rabbitmq": if rabbitmq { "ok" } else { "down" },
+        "sessions": hub.session_count(),
+        "users_online": hub.user_count(),
+    });
+    if database {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+#[get("/metrics")]
+pub async fn metrics_text() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(m::render())
+}

@@ -1,0 +1,3 @@
+//! The gateway's HTTP routes besides the streaming transports.
+
+pub mod health;

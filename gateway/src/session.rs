@@ -1,0 +1,222 @@
+//! One client session, whatever its transport: the single implementation of resume.
+//!
+//! [`Session::open`] joins the hub (which binds the user's routing key on this node
+//! first), waits until the binding is in place, then reads the database: everything
+//! visible with id > cursor, in id order. Live deliveries that arrive meanwhile wait in
+//! the session's queue; [`Session::next`] then sends them, skipping every id it already
+//! sent. Because commit order equals id order and the binding existed before the read,
+//! every notification is either in the replay or in the queue: no gap, no duplicate.
+//! The same catch-up runs again whenever live delivery may have missed something (the
+//! node reconnected to RabbitMQ, or the binding was confirmed late).
+
+use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Duration};
+
+use reddot_shared::{
+    domain::UserId,
+    metrics as m,
+    store::{StoreError, inbox},
+    time::now_ms,
+};
+use sea_orm::DatabaseConnection;
+use tokio::time::{Instant, Interval, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    events::Event,
+    hub::{Hub, HubMsg, JoinError, Membership},
+};
+
+/// How long a new session waits for its user's binding before replaying anyway (it
+/// catches up again once the binding is confirmed).
+const BIND_WAIT: Duration = Duration::from_secs(3);
+
+/// What every session needs from the node.
+pub struct SessionCtx {
+    pub db: DatabaseConnection,
+    pub hub: Arc<Hub>,
+    pub replay_cap: usize,
+    pub buffer: usize,
+    pub heartbeat: Duration,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Session {
+    ctx: Arc<SessionCtx>,
+    user: UserId,
+    membership: Membership,
+    last_sent: i64,
+    pending: VecDeque<Event>,
+    heartbeat: Interval,
+    token_expiry: Pin<Box<Sleep>>,
+    bound_confirmed: bool,
+    ended: bool,
+    transport: &'static str,
+}
+
+impl Session {
+    /// Opens a session for `user`, resuming after `cursor` if given. `token_exp` is the
+    /// token's `exp` (Unix seconds): the session ends with `token_expired` then.
+    pub async fn open(
+        ctx: Arc<SessionCtx>,
+        user: UserId,
+        cursor: Option<i64>,
+        token_exp: i64,
+        transport: &'static str,
+    ) -> Result<Self, OpenError> {
+        let mut membership = ctx.hub.join(&user, ctx.buffer)?;
+        let bound_confirmed = *membership.bound.borrow()
+            || matches!(
+                tokio::time::timeout(BIND_WAIT, membership.bound.wait_for(|b| *b)).await,
+                Ok(Ok(_))
+            );
+        let until_exp =
+            Duration::from_millis(u64::try_from(token_exp * 1000 - now_ms()).unwrap_or(0));
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + ctx.heartbeat, ctx.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut session = Session {
+            token_expiry: Box::pin(tokio::time::sleep(until_exp)),
+            ctx,
+            user,
+            membership,
+            last_sent: 0,
+            pending: VecDeque::new(),
+            heartbeat,
+            bound_confirmed,
+            ended: false,
+            transport,
+        };
+        if let Some(cursor) = cursor {
+            session.last_sent = cursor;
+            session.catch_up().await?;
+        }
+        session.push_unread().await?;
+        metrics::gauge!(m::SESSIONS, "transport" => transport).increment(1.0);
+        Ok(session)
+    }
+
+    /// The next event to write, or `None` when the session is over (client too slow,
+    /// node shutting down, token expired, database lost during a catch-up).
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                if matches!(event, Event::TokenExpired) {
+                    self.ended = true;
+                }
+                return Some(event);
+            }
+            if self.ended {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                () = self.ctx.shutdown.cancelled() => return None,
+                () = &mut self.token_expiry => {
+                    self.pending.push_back(Event::TokenExpired);
+                }
+                msg = self.membership.rx.recv() => match msg {
+                    None => {
+                        tracing::info!(user = %self.user, transport = self.transport, "session closed: it stopped reading");
+                        return None;
+                    }
+                    Some(HubMsg::Notification(n)) => {
+                        if n.id > self.last_sent && n.expires_at.is_none_or(|t| t > now_ms()) {
+                            self.last_sent = n.id;
+                            return Some(Event::Notification { id: n.id, created_at: n.created_at, json: n.json.clone() });
+                        }
+                    }
+                    Some(HubMsg::ReadStateChanged) => {
+                        if self.push_unread().await.is_err() {
+                            return None;
+                        }
+                    }
+                    Some(HubMsg::Resync) => {
+                        if self.resync().await.is_err() {
+                            return None;
+                        }
+                    }
+                },
+                changed = self.membership.bound.changed(), if !self.bound_confirmed => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    if *self.membership.bound.borrow() {
+                        self.bound_confirmed = true;
+                        if self.resync().await.is_err() {
+                            return None;
+                        }
+                    }
+                }
+                _ = self.heartbeat.tick() => return Some(Event::Heartbeat),
+            }
+        }
+    }
+
+    /// The newest notification id this session has sent (or skipped past after a reset).
+    pub fn last_sent(&self) -> i64 {
+        self.last_sent
+    }
+
+    pub fn user(&self) -> &UserId {
+        &self.user
+    }
+
+    async fn resync(&mut self) -> Result<(), StoreError> {
+        let before = self.last_sent;
+        self.catch_up().await?;
+        if self.last_sent != before {
+            self.push_unread().await?;
+        }
+        Ok(())
+    }
+
+    /// Queues every visible notification after `last_sent`, or `reset` past the cap.
+    async fn catch_up(&mut self) -> Result<(), StoreError> {
+        let cap = self.ctx.replay_cap;
+        let now = now_ms();
+        let missed = inbox::replay(
+            &self.ctx.db,
+            &self.user,
+            self.last_sent,
+            cap as u64 + 1,
+            now,
+        )
+        .await?;
+        if missed.len() > cap {
+            self.pending.push_back(Event::Reset);
+            self.last_sent = self
+                .last_sent
+                .max(inbox::latest_id(&self.ctx.db, &self.user, now).await?);
+            tracing::info!(user = %self.user, cap, "resume gap larger than the replay cap: reset");
+            return Ok(());
+        }
+        metrics::counter!(m::REPLAYED, "transport" => self.transport)
+            .increment(missed.len() as u64);
+        for n in &missed {
+            self.pending.push_back(Event::from_notification(n));
+        }
+        if let Some(last) = missed.last() {
+            self.last_sent = last.id;
+        }
+        Ok(())
+    }
+
+    async fn push_unread(&mut self) -> Result<(), StoreError> {
+        let unread = inbox::unread(&self.ctx.db, &self.user, now_ms()).await?;
+        self.pending.push_back(Event::Unread(unread));
+        Ok(())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        metrics::gauge!(m::SESSIONS, "transport" => self.transport).decrement(1.0);
+    }
+}

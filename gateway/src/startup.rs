@@ -1,0 +1,183 @@
+//! Start-up order: database → migrations → hub → RabbitMQ consumer (reconnects on its
+//! own; the node serves meanwhile) → HTTP listener. On SIGTERM/SIGINT every session is
+//! ended first, so clients reconnect (to another node) and resume, then the server stops.
+
+use std::{
+    net::TcpListener,
+    sync::{Arc, atomic::AtomicBool},
+};
+
+use actix_cors::Cors;
+use actix_web::{
+    App, HttpServer,
+    http::header,
+    middleware::{DefaultHeaders, from_fn},
+    web,
+};
+use anyhow::Context;
+use reddot_shared::{amqp, config::Settings, db, http, metrics};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    amqp::Consumer, hub::Hub, publisher::Publisher, routes, session::SessionCtx,
+    state::GatewayState, transport,
+};
+
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    shutdown: CancellationToken,
+    consumer: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        for warning in settings.warnings() {
+            tracing::warn!("{warning}");
+        }
+        metrics::install();
+        let db = db::connect(&settings)
+            .await
+            .context("connecting to the database (REDDOT_DATABASE_URL)")?;
+        db::migrate(&db)
+            .await
+            .context("applying database migrations")?;
+
+        let shutdown = CancellationToken::new();
+        let (bind_tx, bind_rx) = mpsc::unbounded_channel();
+        let hub = Hub::new(
+            bind_tx,
+            settings.max_sessions_per_user,
+            settings.max_connections,
+        );
+        let boot_id = uuid::Uuid::new_v4().simple().to_string();
+        let amqp_connected = Arc::new(AtomicBool::new(false));
+        let consumer = Consumer {
+            url: settings.amqp_url.clone(),
+            queue: amqp::node_queue_name(&settings.node_id, &boot_id[..12]),
+            hub: hub.clone(),
+            binds: bind_rx,
+            connected: amqp_connected.clone(),
+        };
+        let consumer = tokio::spawn(consumer.run(shutdown.child_token()));
+        let pool = amqp::create_pool(&settings.amqp_url).context("REDDOT_AMQP_URL")?;
+
+        let state = web::Data::new(GatewayState {
+            db: db.clone(),
+            jwt_secret: settings.jwt_secret.clone(),
+            sessions: Arc::new(SessionCtx {
+                db,
+                hub,
+                replay_cap: settings.replay_cap,
+                buffer: settings.session_buffer,
+                heartbeat: settings.heartbeat,
+                shutdown: shutdown.clone(),
+            }),
+            allowed_origins: settings.allowed_origins.clone(),
+            amqp_connected,
+            publisher: Publisher::new(pool),
+        });
+        let listener = TcpListener::bind(&settings.gateway_addr)
+            .with_context(|| format!("binding REDDOT_GATEWAY_ADDR={}", settings.gateway_addr))?;
+        let addr = listener.local_addr()?;
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(cors(state.clone()))
+                .wrap(DefaultHeaders::new().add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")))
+                .wrap(from_fn(http::access_log))
+                .service(transport::sse::sse_stream)
+                .service(transport::ws::ws_stream)
+                .service(routes::health::healthz)
+                .service(routes::health::readyz)
+                .service(routes::health::metrics_text)
+                .default_service(web::to(http::not_found))
+        })
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(10)
+        .run();
+        tracing::info!(listening_addr = %addr, node = %settings.node_id, "reddot-gateway listening");
+        Ok(Self {
+            port: addr.port(),
+            server,
+            shutdown,
+            consumer,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stopping: closing every session so clients resume elsewhere");
+            shutdown.cancel();
+            handle.stop(true).await;
+        });
+        self.server.await?;
+        self.shutdown.cancel();
+        if let Ok(Err(err)) = self.consumer.await {
+            tracing::warn!(error = %err, "consumer stopped with an error");
+        }
+        tracing::info!("reddot-gateway stopped");
+        Ok(())
+    }
+}
+
+/// CORS for the configured origins (and the gateway's own origin, for the demo page).
+/// WebSocket upgrades pass through: their handler answers a foreign origin with 403.
+fn cors(state: web::Data<GatewayState>) -> Cors {
+    Cors::default()
+        .allowed_origin_fn(move |origin, head| {
+            let Ok(origin) = origin.to_str() else {
+                return false;
+            };
+            let own = head
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .is_some_and(|host| {
+                    origin
+                        .strip_prefix("http://")
+                        .or_else(|| origin.strip_prefix("https://"))
+                        == Some(host)
+                });
+            state.origin_allowed(origin) || own || head.uri.path() == "/v1/ws"
+        })
+        .allowed_methods(["GET", "POST", "DELETE", "OPTIONS"])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+            header::HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([header::ETAG])
+        .max_age(3600)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,26 @@
+//! What the gateway's handlers share.
+
+use std::sync::{Arc, atomic::AtomicBool};
+
+use reddot_shared::config::Secret;
+use sea_orm::DatabaseConnection;
+
+use crate::{publisher::Publisher, session::SessionCtx};
+
+pub struct GatewayState {
+    pub db: DatabaseConnection,
+    pub jwt_secret: Secret,
+    pub sessions: Arc<SessionCtx>,
+    pub allowed_origins: Vec<String>,
+    pub amqp_connected: Arc<AtomicBool>,
+    pub publisher: Publisher,
+}
+
+impl GatewayState {
+    /// Whether `origin` may use this gateway from a browser.
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        self.allowed_origins
+            .iter()
+            .any(|o| o == origin.trim_end_matches('/'))
+    }
+}
