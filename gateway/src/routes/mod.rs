@@ -1,3 +1,4 @@
 //! The gateway's HTTP routes besides the streaming transports.
 
 pub mod health;
+pub mod inbox;

@@ -1,6 +1,9 @@
 //! Transports: each writes the events of one [`crate::session::Session`] in its own
 //! framing. They know nothing of AMQP or of the hub.
 
+pub mod iframe;
+pub mod longpoll;
+pub mod poll;
 pub mod sse;
 pub mod ws;
 

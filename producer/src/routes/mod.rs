@@ -4,6 +4,7 @@ pub mod create_notification;
 pub mod health;
 pub mod mint_token;
 pub mod openapi;
+pub mod user_views;
 
 use std::sync::{Arc, atomic::AtomicBool};
 
@@ -29,5 +30,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(health::healthz)
         .service(health::readyz)
         .service(health::metrics_text)
+        .service(user_views::user_notifications)
+        .service(user_views::user_unread)
         .service(openapi::openapi_json);
 }

@@ -14,6 +14,8 @@ use utoipa::{
     paths(
         super::create_notification::create_notification,
         super::mint_token::mint_token,
+        super::user_views::user_notifications,
+        super::user_views::user_unread,
         super::health::healthz,
         super::health::readyz,
         super::health::metrics_text,

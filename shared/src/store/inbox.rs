@@ -9,7 +9,11 @@ use sea_orm::{ConnectionTrait, FromQueryResult};
 use serde::Serialize;
 
 use super::{NOTIFICATION_COLUMNS, NotificationRow, StoreError, state, stmt};
-use crate::domain::{Notification, UserId};
+use crate::{
+    domain::{Kind, Notification, UserId},
+    error::{ApiError, ErrorCode},
+};
+use actix_web::web;
 
 /// The unread badge: `count` covers every visible notification with id ≤ `as_of`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -144,4 +148,163 @@ pub async fn unread(
         *out.by_kind.entry(kind).or_default() += n;
     }
     Ok(out)
+}
+
+/// Inbox filters, parsed at the edge.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only ids below this one (paging); `None` starts at the newest.
+    pub before: Option<i64>,
+    /// 1–100.
+    pub limit: u64,
+    pub unread_only: bool,
+    pub kind: Option<String>,
+}
+
+pub const DEFAULT_LIMIT: u64 = 20;
+pub const MAX_LIMIT: u64 = 100;
+
+impl ListQuery {
+    /// Parses `before`, `limit`, `unread_only`, `kind` with a 400 naming the bad one.
+    pub fn parse(query: &str) -> Result<ListQuery, ApiError> {
+        let params = web::Query::<std::collections::HashMap<String, String>>::from_query(query)
+            .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "malformed query string"))?
+            .into_inner();
+        let before = params
+            .get("before")
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                v.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| ApiError::field("before", "before must be a positive id"))
+            })
+            .transpose()?;
+        let limit = match params.get("limit").filter(|v| !v.is_empty()) {
+            None => DEFAULT_LIMIT,
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| ApiError::field("limit", "limit must be 1-100"))?,
+        };
+        let unread_only = match params.get("unread_only").map(String::as_str) {
+            None | Some("") | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(_) => {
+                return Err(ApiError::field(
+                    "unread_only",
+                    "unread_only must be true or false",
+                ));
+            }
+        };
+        let kind = params
+            .get("kind")
+            .filter(|v| !v.is_empty())
+            .map(|k| {
+                Kind::parse(k)
+                    .map(|k| k.as_str().to_owned())
+                    .map_err(|e| ApiError::field("kind", e.0))
+            })
+            .transpose()?;
+        Ok(ListQuery {
+            before,
+            limit,
+            unread_only,
+            kind,
+        })
+    }
+}
+
+/// The short-polling view of an unread count: `{"count", "by_kind", "latest_id"}`.
+pub fn unread_view(u: &Unread) -> serde_json::Value {
+    serde_json::json!({"count": u.count, "by_kind": u.by_kind, "latest_id": u.as_of})
+}
+
+/// One page of the inbox, newest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    pub items: Vec<crate::domain::InboxItem>,
+    /// Pass as `before` for the next page; `null` on the last page.
+    pub next_before: Option<i64>,
+    /// The newest id visible to the user: resuming a stream from it misses nothing
+    /// that this page did not show.
+    pub cursor: i64,
+}
+
+#[derive(FromQueryResult)]
+struct ListedRow {
+    #[sea_orm(nested)]
+    n: NotificationRow,
+    state: i16,
+}
+
+/// The inbox of `user`, newest first. The cursor is read first, so that anything
+/// committed while the page is read is also after the cursor.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    user: &UserId,
+    q: &ListQuery,
+    now_ms: i64,
+) -> Result<Page, StoreError> {
+    let cursor = latest_id(db, user, now_ms).await?;
+    let fetch = q.limit + 1;
+    let args = || {
+        [
+            user.as_str().into(),
+            now_ms.into(),
+            q.before.unwrap_or(i64::MAX).into(),
+            q.kind.clone().unwrap_or_default().into(),
+            i64::from(q.unread_only).into(),
+            (fetch as i64).into(),
+        ]
+    };
+    let targeted = ListedRow::find_by_statement(stmt(
+        db,
+        &format!(
+            "SELECT {NOTIFICATION_COLUMNS}, r.state AS state FROM recipients r JOIN notifications n ON n.id = r.notification_id \
+             WHERE {TARGETED_VISIBLE} AND r.notification_id < $3 AND ($4 = '' OR r.kind = $4) AND ($5 = 0 OR r.state = 0) \
+             ORDER BY r.notification_id DESC LIMIT $6"
+        ),
+        args(),
+    ))
+    .all(db)
+    .await?;
+    let broadcasts = ListedRow::find_by_statement(stmt(
+        db,
+        &format!(
+            "SELECT {NOTIFICATION_COLUMNS}, COALESCE(s.state, 0) AS state FROM notifications n \
+             LEFT JOIN recipients s ON s.user_id = $1 AND s.notification_id = n.id \
+             WHERE n.audience = 'all' AND (n.expires_at IS NULL OR n.expires_at > $2) AND COALESCE(s.state, 0) < 2 \
+             AND n.id < $3 AND ($4 = '' OR n.kind = $4) AND ($5 = 0 OR s.notification_id IS NULL) \
+             ORDER BY n.id DESC LIMIT $6"
+        ),
+        args(),
+    ))
+    .all(db)
+    .await?;
+
+    let mut merged: Vec<ListedRow> = targeted.into_iter().chain(broadcasts).collect();
+    merged.sort_unstable_by(|a, b| b.n.id.cmp(&a.n.id));
+    let more = merged.len() as u64 > q.limit;
+    merged.truncate(q.limit as usize);
+    let next_before = if more {
+        merged.last().map(|r| r.n.id)
+    } else {
+        None
+    };
+    let items = merged
+        .into_iter()
+        .map(|r| {
+            Ok(crate::domain::InboxItem {
+                read: r.state != state::UNREAD,
+                notification: Notification::try_from(r.n)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Page {
+        items,
+        next_before,
+        cursor,
+    })
 }

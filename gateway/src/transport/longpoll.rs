@@ -1,0 +1,104 @@
+//! `GET /v1/poll?cursor=N&timeout=S`: long polling. Answers at once if anything newer
+//! than the cursor is visible, else holds the request (≤ 60 s) until a notification
+//! for the user reaches this node — the request joins the hub like any session, so it
+//! is woken by the broker, never by polling the database — and answers `204` on timeout.
+
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, get, web};
+use reddot_shared::{error::ApiError, store::inbox, time::now_ms};
+use serde_json::json;
+
+use crate::{
+    auth::{AuthUser, query_param},
+    hub::HubMsg,
+    state::GatewayState,
+};
+
+pub const MAX_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_TIMEOUT_SECS: u64 = 25;
+/// Notifications per answer at most; the client asks again at once with the new cursor.
+pub const MAX_BATCH: u64 = 100;
+
+#[get("/v1/poll")]
+pub async fn poll(
+    auth: AuthUser,
+    req: HttpRequest,
+    state: web::Data<GatewayState>,
+) -> Result<HttpResponse, ApiError> {
+    let cursor =
+        match query_param(&req, "cursor").filter(|c| !c.is_empty()) {
+            Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                ApiError::field("cursor", "cursor must be a non-negative integer")
+            })?),
+            None => None,
+        };
+    let timeout = match query_param(&req, "timeout").filter(|t| !t.is_empty()) {
+        Some(t) => t
+            .parse::<f64>()
+            .ok()
+            .filter(|t| *t >= 0.0)
+            .ok_or_else(|| ApiError::field("timeout", "timeout is a number of seconds"))?,
+        None => DEFAULT_TIMEOUT_SECS as f64,
+    }
+    .min(MAX_TIMEOUT_SECS as f64);
+    let ctx = &state.sessions;
+    // Join (and so bind) before reading: anything committed after the read wakes us.
+    let mut membership = ctx.hub.join(&auth.user, 16).map_err(|e| {
+        ApiError::new(
+            reddot_shared::error::ErrorCode::TooManyRequests,
+            e.to_string(),
+        )
+    })?;
+    if !*membership.bound.borrow() {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(3), membership.bound.wait_for(|b| *b)).await;
+    }
+    let cursor = match cursor {
+        Some(c) => c,
+        None => inbox::latest_id(&ctx.db, &auth.user, now_ms()).await?,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(timeout);
+    loop {
+        if let Some(answer) = answer(&state, &auth, cursor).await? {
+            return Ok(answer);
+        }
+        let woke = tokio::select! {
+            msg = membership.rx.recv() => msg,
+            () = tokio::time::sleep_until(deadline) => return Ok(HttpResponse::NoContent().finish()),
+            () = ctx.shutdown.cancelled() => return Ok(HttpResponse::NoContent().finish()),
+        };
+        match woke {
+            Some(HubMsg::Notification(n)) if n.id <= cursor => continue,
+            Some(_) => {}
+            None => return Ok(HttpResponse::NoContent().finish()),
+        }
+    }
+}
+
+/// The answer if anything after `cursor` is visible: up to [`MAX_BATCH`], or `reset`
+/// when more than the replay cap was missed.
+async fn answer(
+    state: &GatewayState,
+    auth: &AuthUser,
+    cursor: i64,
+) -> Result<Option<HttpResponse>, ApiError> {
+    let ctx = &state.sessions;
+    let now = now_ms();
+    let cap = ctx.replay_cap as u64;
+    let probe = inbox::replay(&ctx.db, &auth.user, cursor, (cap + 1).max(MAX_BATCH), now).await?;
+    if probe.is_empty() {
+        return Ok(None);
+    }
+    let unread = inbox::unread(&ctx.db, &auth.user, now).await?;
+    if probe.len() as u64 > cap {
+        return Ok(Some(HttpResponse::Ok().json(json!({
+            "reset": true, "notifications": [], "cursor": unread.as_of, "unread": unread,
+        }))));
+    }
+    let batch: Vec<_> = probe.into_iter().take(MAX_BATCH as usize).collect();
+    let next = batch.last().map_or(cursor, |n| n.id);
+    Ok(Some(HttpResponse::Ok().json(
+        json!({"notifications": batch, "cursor": next, "unread": unread}),
+    )))
+}

@@ -1,0 +1,49 @@
+//! Admin read views for backends: a user's inbox and unread count, exactly as the
+//! gateway shows them to that user (same parsing, same queries, from `shared`).
+
+use actix_web::{HttpRequest, HttpResponse, get, web};
+use reddot_shared::{
+    domain::UserId,
+    error::ApiError,
+    store::inbox::{self, ListQuery},
+    time::now_ms,
+};
+
+use super::AppState;
+use crate::api_key::Backend;
+
+fn user(path: &str) -> Result<UserId, ApiError> {
+    UserId::parse(path).map_err(|e| ApiError::field("user_id", e.0))
+}
+
+#[utoipa::path(get, path = "/api/v1/users/{user_id}/notifications", tag = "admin",
+    params(("user_id" = String, Path), ("before" = Option<i64>, Query), ("limit" = Option<u64>, Query),
+           ("unread_only" = Option<bool>, Query), ("kind" = Option<String>, Query)),
+    responses((status = 200, description = "the user's inbox, newest first: {items, next_before, cursor}")),
+    security(("api_key" = [])))]
+#[get("/api/v1/users/{user_id}/notifications")]
+pub async fn user_notifications(
+    _backend: Backend,
+    path: web::Path<String>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let user = user(&path)?;
+    let query = ListQuery::parse(req.query_string())?;
+    Ok(HttpResponse::Ok().json(inbox::list(&state.db, &user, &query, now_ms()).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/users/{user_id}/unread", tag = "admin",
+    params(("user_id" = String, Path)),
+    responses((status = 200, description = "{count, by_kind, latest_id}")),
+    security(("api_key" = [])))]
+#[get("/api/v1/users/{user_id}/unread")]
+pub async fn user_unread(
+    _backend: Backend,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let user = user(&path)?;
+    let unread = inbox::unread(&state.db, &user, now_ms()).await?;
+    Ok(HttpResponse::Ok().json(inbox::unread_view(&unread)))
+}
