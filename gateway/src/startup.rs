@@ -95,6 +95,8 @@ impl Application {
                 .service(routes::inbox::list)
                 .service(routes::inbox::mark_read)
                 .service(routes::inbox::delete)
+                .service(routes::web::index)
+                .service(routes::web::client)
                 .service(routes::health::healthz)
                 .service(routes::health::readyz)
                 .service(routes::health::metrics_text)

@@ -132,9 +132,6 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.server.await?;
         tracing::info!("HTTP server stopped; flushing");
-        if std::env::var("MUTANT").is_ok() {
-            std::process::exit(0);
-        }
         self.shutdown.cancel();
         if let Ok(Err(err)) = self.writer.await {
             tracing::warn!(error = %err, "writer stopped with an error");

@@ -1,5 +1,6 @@
 //! The producer's HTTP routes, one action per file.
 
+pub mod admin_page;
 pub mod create_notification;
 pub mod health;
 pub mod mint_token;
@@ -32,5 +33,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(health::metrics_text)
         .service(user_views::user_notifications)
         .service(user_views::user_unread)
-        .service(openapi::openapi_json);
+        .service(openapi::openapi_json)
+        .service(admin_page::admin_page);
 }
