@@ -85,8 +85,14 @@ fn ensure_built() -> &'static Result<(), String> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace)
-            .args(["build", "--quiet", "--workspace", "--all-targets"]);
+        cmd.current_dir(workspace).args(["build", "--quiet", "--workspace"]);
+        // Benchmarks (release) need only the binaries; tests build every target so that
+        // features unify with `cargo test --workspace` and nothing is built twice.
+        if bin_dir().ends_with("release") {
+            cmd.args(["--bins", "--release"]);
+        } else {
+            cmd.arg("--all-targets");
+        }
         // Cargo sets per-crate variables for the running test; some build scripts (ring)
         // rerun when they change, which would rebuild the world on every test run.
         for (key, _) in std::env::vars() {
@@ -101,9 +107,6 @@ fn ensure_built() -> &'static Result<(), String> {
             if per_crate.iter().any(|p| key.starts_with(p)) {
                 cmd.env_remove(key);
             }
-        }
-        if bin_dir().ends_with("release") {
-            cmd.arg("--release");
         }
         match cmd.status() {
             Ok(s) if s.success() => Ok(()),

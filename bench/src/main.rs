@@ -1,1 +1,45 @@
-fn main() {}
+//! `reddot-bench`: load scenarios against real release builds of the producer and the
+//! gateway, on the local RabbitMQ and PostgreSQL or SQLite. Each prints a markdown
+//! table and a JSON line; a run that loses or duplicates a delivery fails.
+//!
+//! `cargo run --release -p reddot-bench -- <scenario> [--quick] [--db sqlite|postgres]`
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod clients;
+mod report;
+mod scenarios;
+
+use anyhow::bail;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let db = args.windows(2).find(|w| w[0] == "--db").map(|w| w[1].as_str());
+    raise_fd_limit();
+    let Some(scenario) = args.first() else {
+        bail!("usage: reddot-bench <produce|latency|idle|broadcast|all> [--quick] [--db sqlite|postgres]");
+    };
+    let opts = scenarios::Opts { quick, db: db.map(str::to_owned) };
+    match scenario.as_str() {
+        "produce" => scenarios::produce(&opts).await,
+        "latency" | "targeted" => scenarios::latency(&opts).await,
+        "idle" => scenarios::idle(&opts).await,
+        "broadcast" => scenarios::broadcast(&opts).await,
+        "all" => {
+            scenarios::produce(&opts).await?;
+            scenarios::latency(&opts).await?;
+            scenarios::broadcast(&opts).await?;
+            scenarios::idle(&opts).await
+        }
+        other => bail!("unknown scenario {other}"),
+    }
+}
+
+/// Thousands of sockets need more than the usual 1,024 descriptors (children inherit it).
+fn raise_fd_limit() {
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+}

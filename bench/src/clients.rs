@@ -1,0 +1,102 @@
+//! Many-connection clients: a minimal SSE reader over raw TCP (HTTP/1.1, chunked) and
+//! a WebSocket reader, each reporting `(notification id, receive time)`. Sockets are
+//! spread over 127.0.0.2–127.0.0.9 source addresses so that tens of thousands of
+//! connections do not exhaust one address's ephemeral ports.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Instant,
+};
+
+use futures_util::StreamExt;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{TcpSocket, TcpStream},
+    sync::mpsc,
+};
+
+/// A received notification: which session, which id, when.
+pub type Received = (usize, i64, Instant);
+
+pub fn mint(user: &str, ttl_secs: i64) -> String {
+    let exp = chrono::Utc::now().timestamp() + ttl_secs;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": user, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(reddot_tests::JWT_SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+pub async fn connect(port: u16, n: usize) -> anyhow::Result<TcpStream> {
+    let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (n % 8) as u8));
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    Ok(socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?)
+}
+
+/// Opens an SSE session and forwards every notification id it receives. Returns once
+/// the response headers arrived (the session is then registered on the gateway).
+pub async fn sse(port: u16, n: usize, token: &str, last_event_id: Option<i64>, out: mpsc::UnboundedSender<Received>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut stream = connect(port, n).await?;
+    let resume = last_event_id.map(|id| format!("&last_event_id={id}")).unwrap_or_default();
+    stream
+        .write_all(format!("GET /v1/stream?access_token={token}{resume} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n").as_bytes())
+        .await?;
+    let mut reader = BufReader::with_capacity(4096, stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    anyhow::ensure!(line.contains(" 200 "), "SSE answered {line:?}");
+    loop {
+        line.clear();
+        reader.read_line(&mut line).await?;
+        if line == "\r\n" {
+            break;
+        }
+    }
+    Ok(tokio::spawn(async move {
+        // Chunked body: "<hex size>\r\n<data>\r\n". Each event is its own chunk.
+        let mut size_line = String::new();
+        let mut buf = Vec::with_capacity(1024);
+        loop {
+            size_line.clear();
+            if reader.read_line(&mut size_line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let Ok(size) = usize::from_str_radix(size_line.trim(), 16) else { return };
+            if size == 0 {
+                return;
+            }
+            buf.resize(size + 2, 0);
+            if reader.read_exact(&mut buf).await.is_err() {
+                return;
+            }
+            let now = Instant::now();
+            let text = String::from_utf8_lossy(&buf[..size]);
+            for l in text.lines() {
+                if let Some(id) = l.strip_prefix("id: ").and_then(|v| v.trim().parse().ok()) {
+                    let _ = out.send((n, id, now));
+                }
+            }
+        }
+    }))
+}
+
+/// Opens a WebSocket session and forwards every notification id it receives.
+pub async fn ws(port: u16, n: usize, token: &str, out: mpsc::UnboundedSender<Received>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let stream = connect(port, n).await?;
+    let url = format!("ws://127.0.0.1:{port}/v1/ws?access_token={token}");
+    let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await?;
+    Ok(tokio::spawn(async move {
+        while let Some(Ok(msg)) = socket.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Text(text) = msg {
+                let now = Instant::now();
+                if let Some(rest) = text.as_str().strip_prefix("{\"type\":\"notification\",\"id\":")
+                    && let Some(id) = rest.split(',').next().and_then(|v| v.parse().ok())
+                {
+                    let _ = out.send((n, id, now));
+                }
+            }
+        }
+    }))
+}

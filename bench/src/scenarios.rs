@@ -1,0 +1,340 @@
+//! The scenarios. Each starts its own deployment (fresh database and vhost), drives it,
+//! checks that nothing was lost or duplicated, and reports.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::future::join_all;
+use reddot_tests::{Backend, Env, Service, ServiceKind, TestConsumer, TestDb, Vhost, stack::send_notification};
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::{clients, report};
+
+pub struct Opts {
+    pub quick: bool,
+    pub db: Option<String>,
+}
+
+impl Opts {
+    fn backends(&self) -> Vec<Backend> {
+        match self.db.as_deref() {
+            Some("sqlite") => vec![Backend::Sqlite],
+            Some("postgres") => vec![Backend::Postgres],
+            _ => vec![Backend::Sqlite, Backend::Postgres],
+        }
+    }
+
+    fn backend(&self) -> Backend {
+        if self.db.as_deref() == Some("postgres") { Backend::Postgres } else { Backend::Sqlite }
+    }
+}
+
+struct Deploy {
+    db: TestDb,
+    vhost: Vhost,
+    producer: Service,
+    gateway: Option<Service>,
+}
+
+async fn deploy(backend: Backend, gateway: bool) -> anyhow::Result<Deploy> {
+    let db = TestDb::new(backend).await?;
+    let vhost = Vhost::new().await?;
+    let env = Env::new(&db.url, &vhost.url()).with("RUST_LOG", "warn").with("REDDOT_MAX_SESSIONS_PER_USER", "100000");
+    let producer = Service::start(ServiceKind::Producer, &env).await?;
+    let gateway = if gateway { Some(Service::start(ServiceKind::Gateway, &env).await?) } else { None };
+    Ok(Deploy { db, vhost, producer, gateway })
+}
+
+fn name(b: Backend) -> &'static str {
+    match b {
+        Backend::Sqlite => "SQLite",
+        Backend::Postgres => "PostgreSQL",
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Producer throughput: accepted notifications/s with the outbox keeping up.
+pub async fn produce(opts: &Opts) -> anyhow::Result<()> {
+    let secs = if opts.quick { 2 } else { 10 };
+    let clients = 32;
+    let mut rows = Vec::new();
+    let mut results = Vec::new();
+    for backend in opts.backends() {
+        for (shape, recipients) in [("1 recipient", 1usize), ("100 recipients", 100), ("broadcast", 0)] {
+            let d = deploy(backend, false).await?;
+            let mut consumer = TestConsumer::bind(&d.vhost, &["u0"]).await?;
+            let body = if recipients == 0 {
+                json!({"to": {"all": true}, "title": "bench"})
+            } else {
+                json!({"to": {"users": (0..recipients).map(|i| format!("u{i}")).collect::<Vec<_>>()}, "title": "bench"})
+            };
+            let http = reqwest::Client::new();
+            let started = Instant::now();
+            let deadline = started + Duration::from_secs(secs);
+            let producer = Arc::new(d.producer);
+            let tasks = (0..clients).map(|_| {
+                let (http, body, producer) = (http.clone(), body.clone(), producer.clone());
+                tokio::spawn(async move {
+                    let mut ids = Vec::new();
+                    while Instant::now() < deadline {
+                        if let Ok((status, v)) = send_notification(&http, &producer, &body, None).await
+                            && status == 201
+                        {
+                            ids.push(v["id"].as_i64().unwrap_or_default());
+                        }
+                    }
+                    ids
+                })
+            });
+            let ids: Vec<i64> = join_all(tasks).await.into_iter().flat_map(|r| r.unwrap_or_default()).collect();
+            let elapsed = started.elapsed().as_secs_f64();
+            let mut lag = report::new_histogram();
+            let mut seen = HashMap::new();
+            while seen.len() < ids.len() {
+                let Ok(r) = consumer.next(Duration::from_secs(30)).await else { break };
+                let created = reddot_shared::time::parse_rfc3339(r.json["created_at"].as_str().unwrap_or_default()).unwrap_or_default();
+                lag.record(((now_ms() - created).max(0) * 1000) as u64)?;
+                *seen.entry(r.id).or_insert(0) += 1;
+            }
+            let lost = ids.iter().filter(|id| !seen.contains_key(id)).count();
+            let dup: usize = seen.values().map(|n| n - 1).sum();
+            let rate = ids.len() as f64 / elapsed;
+            rows.push(vec![
+                name(backend).into(),
+                shape.into(),
+                format!("{rate:.0}"),
+                format!("{:.1}", report::ms(&lag, 0.5)),
+                format!("{:.1}", report::ms(&lag, 0.99)),
+                lost.to_string(),
+                dup.to_string(),
+            ]);
+            results.push(json!({"db": name(backend), "shape": shape, "accepted_per_s": rate,
+                "publish_lag_p50_ms": report::ms(&lag, 0.5), "publish_lag_p99_ms": report::ms(&lag, 0.99), "lost": lost, "duplicated": dup}));
+            drop(d.db);
+        }
+    }
+    report::table(
+        &format!("produce — {clients} concurrent clients, {secs} s each"),
+        &["database", "shape", "accepted/s", "publish lag p50 ms", "p99 ms", "lost", "dup"],
+        &rows,
+    );
+    report::json("produce", Value::Array(results.clone()));
+    ensure_clean(&results)
+}
+
+fn ensure_clean(results: &[Value]) -> anyhow::Result<()> {
+    let bad = results.iter().any(|r| r["lost"].as_u64().unwrap_or(0) > 0 || r["duplicated"].as_u64().unwrap_or(0) > 0);
+    anyhow::ensure!(!bad, "FAILED: a delivery was lost or duplicated");
+    Ok(())
+}
+
+/// Opens one SSE session per user u0..u{n}; returns the receiver of all deliveries.
+async fn open_sse(port: u16, n: usize) -> anyhow::Result<(mpsc::UnboundedReceiver<clients::Received>, f64)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let opens = (0..n).map(|i| {
+        let (tx, sem) = (tx.clone(), sem.clone());
+        async move {
+            let _permit = sem.acquire().await?;
+            clients::sse(port, i, &clients::mint(&format!("u{i}"), 3600), None, tx).await
+        }
+    });
+    for r in join_all(opens).await {
+        r?;
+    }
+    Ok((rx, n as f64 / started.elapsed().as_secs_f64()))
+}
+
+/// End-to-end latency, POST sent → SSE event received, at a fixed rate to random users.
+pub async fn latency(opts: &Opts) -> anyhow::Result<()> {
+    let (users, rates, secs): (usize, Vec<u32>, u64) =
+        if opts.quick { (100, vec![50], 2) } else { (1000, vec![200, 1000], 10) };
+    let backend = opts.backend();
+    let d = deploy(backend, true).await?;
+    let port = d.gateway.as_ref().map(|g| g.port).unwrap_or_default();
+    let (mut rx, _) = open_sse(port, users).await?;
+    let producer = Arc::new(d.producer);
+    let http = reqwest::Client::new();
+    let mut rows = Vec::new();
+    let mut results = Vec::new();
+    for rate in rates {
+        let sent: Arc<Mutex<HashMap<i64, (usize, Instant)>>> = Arc::default();
+        let total = rate as u64 * secs;
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+        let mut tasks = Vec::with_capacity(total as usize);
+        for _ in 0..total {
+            ticker.tick().await;
+            let user = rand::random_range(0..users);
+            let (http, producer, sent) = (http.clone(), producer.clone(), sent.clone());
+            tasks.push(tokio::spawn(async move {
+                let t0 = Instant::now();
+                let body = json!({"to": {"users": [format!("u{user}")]}, "title": "latency"});
+                if let Ok((201, v)) = send_notification(&http, &producer, &body, None).await.map(|(s, v)| (s.as_u16(), v)) {
+                    sent.lock().await.insert(v["id"].as_i64().unwrap_or_default(), (user, t0));
+                }
+            }));
+        }
+        join_all(tasks).await;
+        let sent = sent.lock().await.clone();
+        let mut h = report::new_histogram();
+        let mut seen: HashMap<i64, usize> = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.len() < sent.len() && Instant::now() < deadline {
+            let Ok(Some((session, id, at))) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await else { break };
+            let Some((user, t0)) = sent.get(&id) else { continue };
+            if *user != session {
+                anyhow::bail!("notification {id} for u{user} reached u{session}");
+            }
+            h.record(at.saturating_duration_since(*t0).as_micros().max(1) as u64)?;
+            *seen.entry(id).or_default() += 1;
+        }
+        let lost = sent.len() - seen.len();
+        let dup: usize = seen.values().map(|n| n - 1).sum();
+        rows.push(vec![
+            name(backend).into(),
+            users.to_string(),
+            rate.to_string(),
+            format!("{:.1}", report::ms(&h, 0.5)),
+            format!("{:.1}", report::ms(&h, 0.99)),
+            format!("{:.1}", report::ms(&h, 1.0)),
+            lost.to_string(),
+            dup.to_string(),
+        ]);
+        results.push(json!({"db": name(backend), "users": users, "rate": rate, "p50_ms": report::ms(&h, 0.5),
+            "p99_ms": report::ms(&h, 0.99), "max_ms": report::ms(&h, 1.0), "lost": lost, "duplicated": dup}));
+    }
+    report::table(
+        &format!("targeted — POST → SSE event, {secs} s per rate"),
+        &["database", "online users", "notifications/s", "p50 ms", "p99 ms", "max ms", "lost", "dup"],
+        &rows,
+    );
+    report::json("targeted", Value::Array(results.clone()));
+    ensure_clean(&results)
+}
+
+/// Broadcasts to every online session as fast as the producer accepts them.
+pub async fn broadcast(opts: &Opts) -> anyhow::Result<()> {
+    let (sessions, count) = if opts.quick { (200, 20) } else { (10_000, 100) };
+    let backend = opts.backend();
+    let d = deploy(backend, true).await?;
+    let port = d.gateway.as_ref().map(|g| g.port).unwrap_or_default();
+    let (mut rx, _) = open_sse(port, sessions).await?;
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut sent_at = HashMap::new();
+    for _ in 0..count {
+        let t0 = Instant::now();
+        let (status, v) = send_notification(&http, &d.producer, &json!({"to": {"all": true}, "title": "broadcast"}), None).await?;
+        anyhow::ensure!(status == 201, "post failed: {v}");
+        sent_at.insert(v["id"].as_i64().unwrap_or_default(), t0);
+    }
+    let expected = sessions * count;
+    let mut got: HashMap<(usize, i64), u32> = HashMap::with_capacity(expected);
+    let mut h = report::new_histogram();
+    let mut last = started;
+    while got.len() < expected {
+        let Ok(Some((session, id, at))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await else { break };
+        if let Some(t0) = sent_at.get(&id) {
+            h.record(at.saturating_duration_since(*t0).as_micros().max(1) as u64)?;
+            *got.entry((session, id)).or_default() += 1;
+            last = at;
+        }
+    }
+    let elapsed = last.duration_since(started).as_secs_f64();
+    let lost = expected - got.len();
+    let dup: u32 = got.values().map(|n| n - 1).sum();
+    let rate = got.len() as f64 / elapsed;
+    report::table(
+        &format!("broadcast — {count} broadcasts to {sessions} SSE sessions"),
+        &["database", "deliveries/s", "all delivered after s", "p50 ms", "p99 ms", "lost", "dup"],
+        &[vec![
+            name(backend).into(),
+            format!("{rate:.0}"),
+            format!("{elapsed:.2}"),
+            format!("{:.1}", report::ms(&h, 0.5)),
+            format!("{:.1}", report::ms(&h, 0.99)),
+            lost.to_string(),
+            dup.to_string(),
+        ]],
+    );
+    let results = vec![json!({"sessions": sessions, "broadcasts": count, "deliveries_per_s": rate, "seconds": elapsed,
+        "p50_ms": report::ms(&h, 0.5), "p99_ms": report::ms(&h, 0.99), "lost": lost, "duplicated": dup})];
+    report::json("broadcast", Value::Array(results.clone()));
+    ensure_clean(&results)
+}
+
+/// Gateway memory per idle connection, SSE and WebSocket, and RabbitMQ memory per user.
+pub async fn idle(opts: &Opts) -> anyhow::Result<()> {
+    let sizes: Vec<usize> = if opts.quick { vec![500] } else { vec![1000, 10_000] };
+    let mut rows = Vec::new();
+    let mut results = Vec::new();
+    for n in sizes {
+        for transport in ["sse", "ws"] {
+            let d = deploy(opts.backend(), true).await?;
+            let gateway = d.gateway.as_ref().expect("gateway");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let base = gateway.rss_kib().unwrap_or_default();
+            let broker_base = broker_memory().await;
+            let (tx, _rx) = mpsc::unbounded_channel();
+            let started = Instant::now();
+            let sem = Arc::new(tokio::sync::Semaphore::new(256));
+            let opens = (0..n).map(|i| {
+                let (tx, sem, port) = (tx.clone(), sem.clone(), gateway.port);
+                async move {
+                    let _permit = sem.acquire().await?;
+                    let token = clients::mint(&format!("u{i}"), 3600);
+                    if transport == "sse" { clients::sse(port, i, &token, None, tx).await } else { clients::ws(port, i, &token, tx).await }
+                }
+            });
+            let handles: Vec<_> = join_all(opens).await.into_iter().collect::<Result<_, _>>()?;
+            let connect_rate = n as f64 / started.elapsed().as_secs_f64();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let rss = gateway.rss_kib().unwrap_or_default();
+            let per_conn = (rss.saturating_sub(base) as f64 * 1024.0) / n as f64;
+            let broker_per_user = broker_memory().await.zip(broker_base).map(|(a, b)| (a - b) as f64 / n as f64);
+            rows.push(vec![
+                transport.into(),
+                n.to_string(),
+                format!("{:.0}", per_conn),
+                format!("{:.1}", rss as f64 / 1024.0),
+                broker_per_user.map_or("n/a".into(), |b| format!("{b:.0}")),
+                format!("{connect_rate:.0}"),
+            ]);
+            results.push(json!({"transport": transport, "connections": n, "gateway_bytes_per_connection": per_conn,
+                "gateway_rss_mib": rss as f64 / 1024.0, "broker_bytes_per_user": broker_per_user, "connects_per_s": connect_rate}));
+            for h in handles {
+                h.abort();
+            }
+            drop(d);
+        }
+    }
+    report::table(
+        "idle — one session per user",
+        &["transport", "connections", "gateway bytes/conn", "gateway RSS MiB", "RabbitMQ bytes/user", "connects/s"],
+        &rows,
+    );
+    report::json("idle", Value::Array(results));
+    Ok(())
+}
+
+/// RabbitMQ node memory in bytes (management API).
+async fn broker_memory() -> Option<i64> {
+    let v: Value = reqwest::Client::new()
+        .get("http://127.0.0.1:15672/api/nodes")
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v.get(0)?.get("mem_used")?.as_i64()
+}
