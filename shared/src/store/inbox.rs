@@ -285,7 +285,7 @@ pub async fn list(
     .await?;
 
     let mut merged: Vec<ListedRow> = targeted.into_iter().chain(broadcasts).collect();
-    merged.sort_unstable_by(|a, b| b.n.id.cmp(&a.n.id));
+    merged.sort_unstable_by_key(|r| std::cmp::Reverse(r.n.id));
     let more = merged.len() as u64 > q.limit;
     merged.truncate(q.limit as usize);
     let next_before = if more {
