@@ -1,25 +1,48 @@
-//! `reddot-producer`: serves the producer API (default) or, with `migrate`, only applies
-//! database migrations and exits.
+//! `reddot-producer`: serves the producer API; `reddot-producer migrate` only applies
+//! database migrations; `reddot-producer healthcheck` asks a running one for `/healthz`.
 
-use reddot_producer::startup::Application;
+use std::process::ExitCode;
+
+use reddot_producer::startup::{Application, migrate_only};
 use reddot_shared::{
     config::{Service, Settings},
-    telemetry,
+    http, telemetry,
 };
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(code) => code,
+        Err(err) => {
+            // One readable line with its causes, not a Debug dump with a backtrace.
+            eprintln!("reddot-producer: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<ExitCode> {
     let settings =
         Settings::from_env(Service::Producer).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        std::process::exit(if reddot_shared::http::healthcheck(&settings.producer_addr) { 0 } else { 1 });
+    match std::env::args().nth(1).as_deref() {
+        Some("healthcheck") => {
+            return Ok(if http::healthcheck(&settings.producer_addr) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Some("migrate") => {
+            telemetry::init(settings.log_format);
+            migrate_only(&settings).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
     }
     telemetry::init(settings.log_format);
-    if std::env::args().nth(1).as_deref() == Some("migrate") {
-        return reddot_producer::startup::migrate_only(&settings).await;
-    }
     Application::build(settings)
         .await?
         .run_until_stopped()
-        .await
+        .await?;
+    Ok(ExitCode::SUCCESS)
 }
