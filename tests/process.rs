@@ -85,7 +85,8 @@ fn ensure_built() -> &'static Result<(), String> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace).args(["build", "--quiet", "--workspace"]);
+        cmd.current_dir(workspace)
+            .args(["build", "--quiet", "--workspace"]);
         // Benchmarks (release) need only the binaries; tests build every target so that
         // features unify with `cargo test --workspace` and nothing is built twice.
         if bin_dir().ends_with("release") {

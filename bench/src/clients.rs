@@ -32,14 +32,24 @@ pub async fn connect(port: u16, n: usize) -> anyhow::Result<TcpStream> {
     let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (n % 8) as u8));
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
-    Ok(socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?)
+    Ok(socket
+        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await?)
 }
 
 /// Opens an SSE session and forwards every notification id it receives. Returns once
 /// the response headers arrived (the session is then registered on the gateway).
-pub async fn sse(port: u16, n: usize, token: &str, last_event_id: Option<i64>, out: mpsc::UnboundedSender<Received>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub async fn sse(
+    port: u16,
+    n: usize,
+    token: &str,
+    last_event_id: Option<i64>,
+    out: mpsc::UnboundedSender<Received>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut stream = connect(port, n).await?;
-    let resume = last_event_id.map(|id| format!("&last_event_id={id}")).unwrap_or_default();
+    let resume = last_event_id
+        .map(|id| format!("&last_event_id={id}"))
+        .unwrap_or_default();
     stream
         .write_all(format!("GET /v1/stream?access_token={token}{resume} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n").as_bytes())
         .await?;
@@ -63,7 +73,9 @@ pub async fn sse(port: u16, n: usize, token: &str, last_event_id: Option<i64>, o
             if reader.read_line(&mut size_line).await.unwrap_or(0) == 0 {
                 return;
             }
-            let Ok(size) = usize::from_str_radix(size_line.trim(), 16) else { return };
+            let Ok(size) = usize::from_str_radix(size_line.trim(), 16) else {
+                return;
+            };
             if size == 0 {
                 return;
             }
@@ -83,7 +95,12 @@ pub async fn sse(port: u16, n: usize, token: &str, last_event_id: Option<i64>, o
 }
 
 /// Opens a WebSocket session and forwards every notification id it receives.
-pub async fn ws(port: u16, n: usize, token: &str, out: mpsc::UnboundedSender<Received>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub async fn ws(
+    port: u16,
+    n: usize,
+    token: &str,
+    out: mpsc::UnboundedSender<Received>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let stream = connect(port, n).await?;
     let url = format!("ws://127.0.0.1:{port}/v1/ws?access_token={token}");
     let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await?;
@@ -91,7 +108,9 @@ pub async fn ws(port: u16, n: usize, token: &str, out: mpsc::UnboundedSender<Rec
         while let Some(Ok(msg)) = socket.next().await {
             if let tokio_tungstenite::tungstenite::Message::Text(text) = msg {
                 let now = Instant::now();
-                if let Some(rest) = text.as_str().strip_prefix("{\"type\":\"notification\",\"id\":")
+                if let Some(rest) = text
+                    .as_str()
+                    .strip_prefix("{\"type\":\"notification\",\"id\":")
                     && let Some(id) = rest.split(',').next().and_then(|v| v.parse().ok())
                 {
                     let _ = out.send((n, id, now));

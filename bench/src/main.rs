@@ -16,12 +16,20 @@ use anyhow::bail;
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let db = args.windows(2).find(|w| w[0] == "--db").map(|w| w[1].as_str());
+    let db = args
+        .windows(2)
+        .find(|w| w[0] == "--db")
+        .map(|w| w[1].as_str());
     raise_fd_limit();
     let Some(scenario) = args.first() else {
-        bail!("usage: reddot-bench <produce|latency|idle|broadcast|all> [--quick] [--db sqlite|postgres]");
+        bail!(
+            "usage: reddot-bench <produce|latency|idle|broadcast|all> [--quick] [--db sqlite|postgres]"
+        );
     };
-    let opts = scenarios::Opts { quick, db: db.map(str::to_owned) };
+    let opts = scenarios::Opts {
+        quick,
+        db: db.map(str::to_owned),
+    };
     match scenario.as_str() {
         "produce" => scenarios::produce(&opts).await,
         "latency" | "targeted" => scenarios::latency(&opts).await,

@@ -6,14 +6,20 @@ use serde_json::Value;
 pub fn table(title: &str, header: &[&str], rows: &[Vec<String>]) {
     println!("\n### {title}\n");
     println!("| {} |", header.join(" | "));
-    println!("|{}|", header.iter().map(|_| "---").collect::<Vec<_>>().join("|"));
+    println!(
+        "|{}|",
+        header.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+    );
     for row in rows {
         println!("| {} |", row.join(" | "));
     }
 }
 
 pub fn json(scenario: &str, value: Value) {
-    println!("\nJSON {}", serde_json::json!({"scenario": scenario, "results": value}));
+    println!(
+        "\nJSON {}",
+        serde_json::json!({"scenario": scenario, "results": value})
+    );
 }
 
 /// Microsecond histogram → "p50 / p99 / max" in ms.

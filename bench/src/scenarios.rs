@@ -8,7 +8,9 @@ use std::{
 };
 
 use futures_util::future::join_all;
-use reddot_tests::{Backend, Env, Service, ServiceKind, TestConsumer, TestDb, Vhost, stack::send_notification};
+use reddot_tests::{
+    Backend, Env, Service, ServiceKind, TestConsumer, TestDb, Vhost, stack::send_notification,
+};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc};
 
@@ -29,7 +31,11 @@ impl Opts {
     }
 
     fn backend(&self) -> Backend {
-        if self.db.as_deref() == Some("postgres") { Backend::Postgres } else { Backend::Sqlite }
+        if self.db.as_deref() == Some("postgres") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
     }
 }
 
@@ -43,10 +49,21 @@ struct Deploy {
 async fn deploy(backend: Backend, gateway: bool) -> anyhow::Result<Deploy> {
     let db = TestDb::new(backend).await?;
     let vhost = Vhost::new().await?;
-    let env = Env::new(&db.url, &vhost.url()).with("RUST_LOG", "warn").with("REDDOT_MAX_SESSIONS_PER_USER", "100000");
+    let env = Env::new(&db.url, &vhost.url())
+        .with("RUST_LOG", "warn")
+        .with("REDDOT_MAX_SESSIONS_PER_USER", "100000");
     let producer = Service::start(ServiceKind::Producer, &env).await?;
-    let gateway = if gateway { Some(Service::start(ServiceKind::Gateway, &env).await?) } else { None };
-    Ok(Deploy { db, vhost, producer, gateway })
+    let gateway = if gateway {
+        Some(Service::start(ServiceKind::Gateway, &env).await?)
+    } else {
+        None
+    };
+    Ok(Deploy {
+        db,
+        vhost,
+        producer,
+        gateway,
+    })
 }
 
 fn name(b: Backend) -> &'static str {
@@ -67,7 +84,11 @@ pub async fn produce(opts: &Opts) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut results = Vec::new();
     for backend in opts.backends() {
-        for (shape, recipients) in [("1 recipient", 1usize), ("100 recipients", 100), ("broadcast", 0)] {
+        for (shape, recipients) in [
+            ("1 recipient", 1usize),
+            ("100 recipients", 100),
+            ("broadcast", 0),
+        ] {
             let d = deploy(backend, false).await?;
             let mut consumer = TestConsumer::bind(&d.vhost, &["u0"]).await?;
             let body = if recipients == 0 {
@@ -84,7 +105,8 @@ pub async fn produce(opts: &Opts) -> anyhow::Result<()> {
                 tokio::spawn(async move {
                     let mut ids = Vec::new();
                     while Instant::now() < deadline {
-                        if let Ok((status, v)) = send_notification(&http, &producer, &body, None).await
+                        if let Ok((status, v)) =
+                            send_notification(&http, &producer, &body, None).await
                             && status == 201
                         {
                             ids.push(v["id"].as_i64().unwrap_or_default());
@@ -93,13 +115,22 @@ pub async fn produce(opts: &Opts) -> anyhow::Result<()> {
                     ids
                 })
             });
-            let ids: Vec<i64> = join_all(tasks).await.into_iter().flat_map(|r| r.unwrap_or_default()).collect();
+            let ids: Vec<i64> = join_all(tasks)
+                .await
+                .into_iter()
+                .flat_map(|r| r.unwrap_or_default())
+                .collect();
             let elapsed = started.elapsed().as_secs_f64();
             let mut lag = report::new_histogram();
             let mut seen = HashMap::new();
             while seen.len() < ids.len() {
-                let Ok(r) = consumer.next(Duration::from_secs(30)).await else { break };
-                let created = reddot_shared::time::parse_rfc3339(r.json["created_at"].as_str().unwrap_or_default()).unwrap_or_default();
+                let Ok(r) = consumer.next(Duration::from_secs(30)).await else {
+                    break;
+                };
+                let created = reddot_shared::time::parse_rfc3339(
+                    r.json["created_at"].as_str().unwrap_or_default(),
+                )
+                .unwrap_or_default();
                 lag.record(((now_ms() - created).max(0) * 1000) as u64)?;
                 *seen.entry(r.id).or_insert(0) += 1;
             }
@@ -122,7 +153,15 @@ pub async fn produce(opts: &Opts) -> anyhow::Result<()> {
     }
     report::table(
         &format!("produce — {clients} concurrent clients, {secs} s each"),
-        &["database", "shape", "accepted/s", "publish lag p50 ms", "p99 ms", "lost", "dup"],
+        &[
+            "database",
+            "shape",
+            "accepted/s",
+            "publish lag p50 ms",
+            "p99 ms",
+            "lost",
+            "dup",
+        ],
         &rows,
     );
     report::json("produce", Value::Array(results.clone()));
@@ -130,13 +169,18 @@ pub async fn produce(opts: &Opts) -> anyhow::Result<()> {
 }
 
 fn ensure_clean(results: &[Value]) -> anyhow::Result<()> {
-    let bad = results.iter().any(|r| r["lost"].as_u64().unwrap_or(0) > 0 || r["duplicated"].as_u64().unwrap_or(0) > 0);
+    let bad = results
+        .iter()
+        .any(|r| r["lost"].as_u64().unwrap_or(0) > 0 || r["duplicated"].as_u64().unwrap_or(0) > 0);
     anyhow::ensure!(!bad, "FAILED: a delivery was lost or duplicated");
     Ok(())
 }
 
 /// Opens one SSE session per user u0..u{n}; returns the receiver of all deliveries.
-async fn open_sse(port: u16, n: usize) -> anyhow::Result<(mpsc::UnboundedReceiver<clients::Received>, f64)> {
+async fn open_sse(
+    port: u16,
+    n: usize,
+) -> anyhow::Result<(mpsc::UnboundedReceiver<clients::Received>, f64)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let started = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(256));
@@ -155,8 +199,11 @@ async fn open_sse(port: u16, n: usize) -> anyhow::Result<(mpsc::UnboundedReceive
 
 /// End-to-end latency, POST sent → SSE event received, at a fixed rate to random users.
 pub async fn latency(opts: &Opts) -> anyhow::Result<()> {
-    let (users, rates, secs): (usize, Vec<u32>, u64) =
-        if opts.quick { (100, vec![50], 2) } else { (1000, vec![200, 1000], 10) };
+    let (users, rates, secs): (usize, Vec<u32>, u64) = if opts.quick {
+        (100, vec![50], 2)
+    } else {
+        (1000, vec![200, 1000], 10)
+    };
     let backend = opts.backend();
     let d = deploy(backend, true).await?;
     let port = d.gateway.as_ref().map(|g| g.port).unwrap_or_default();
@@ -177,8 +224,13 @@ pub async fn latency(opts: &Opts) -> anyhow::Result<()> {
             tasks.push(tokio::spawn(async move {
                 let t0 = Instant::now();
                 let body = json!({"to": {"users": [format!("u{user}")]}, "title": "latency"});
-                if let Ok((201, v)) = send_notification(&http, &producer, &body, None).await.map(|(s, v)| (s.as_u16(), v)) {
-                    sent.lock().await.insert(v["id"].as_i64().unwrap_or_default(), (user, t0));
+                if let Ok((201, v)) = send_notification(&http, &producer, &body, None)
+                    .await
+                    .map(|(s, v)| (s.as_u16(), v))
+                {
+                    sent.lock()
+                        .await
+                        .insert(v["id"].as_i64().unwrap_or_default(), (user, t0));
                 }
             }));
         }
@@ -188,8 +240,14 @@ pub async fn latency(opts: &Opts) -> anyhow::Result<()> {
         let mut seen: HashMap<i64, usize> = HashMap::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         while seen.len() < sent.len() && Instant::now() < deadline {
-            let Ok(Some((session, id, at))) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await else { break };
-            let Some((user, t0)) = sent.get(&id) else { continue };
+            let Ok(Some((session, id, at))) =
+                tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
+            else {
+                break;
+            };
+            let Some((user, t0)) = sent.get(&id) else {
+                continue;
+            };
             if *user != session {
                 anyhow::bail!("notification {id} for u{user} reached u{session}");
             }
@@ -213,7 +271,16 @@ pub async fn latency(opts: &Opts) -> anyhow::Result<()> {
     }
     report::table(
         &format!("targeted — POST → SSE event, {secs} s per rate"),
-        &["database", "online users", "notifications/s", "p50 ms", "p99 ms", "max ms", "lost", "dup"],
+        &[
+            "database",
+            "online users",
+            "notifications/s",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "lost",
+            "dup",
+        ],
         &rows,
     );
     report::json("targeted", Value::Array(results.clone()));
@@ -232,7 +299,13 @@ pub async fn broadcast(opts: &Opts) -> anyhow::Result<()> {
     let mut sent_at = HashMap::new();
     for _ in 0..count {
         let t0 = Instant::now();
-        let (status, v) = send_notification(&http, &d.producer, &json!({"to": {"all": true}, "title": "broadcast"}), None).await?;
+        let (status, v) = send_notification(
+            &http,
+            &d.producer,
+            &json!({"to": {"all": true}, "title": "broadcast"}),
+            None,
+        )
+        .await?;
         anyhow::ensure!(status == 201, "post failed: {v}");
         sent_at.insert(v["id"].as_i64().unwrap_or_default(), t0);
     }
@@ -241,7 +314,11 @@ pub async fn broadcast(opts: &Opts) -> anyhow::Result<()> {
     let mut h = report::new_histogram();
     let mut last = started;
     while got.len() < expected {
-        let Ok(Some((session, id, at))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await else { break };
+        let Ok(Some((session, id, at))) =
+            tokio::time::timeout(Duration::from_secs(10), rx.recv()).await
+        else {
+            break;
+        };
         if let Some(t0) = sent_at.get(&id) {
             h.record(at.saturating_duration_since(*t0).as_micros().max(1) as u64)?;
             *got.entry((session, id)).or_default() += 1;
@@ -254,7 +331,15 @@ pub async fn broadcast(opts: &Opts) -> anyhow::Result<()> {
     let rate = got.len() as f64 / elapsed;
     report::table(
         &format!("broadcast — {count} broadcasts to {sessions} SSE sessions"),
-        &["database", "deliveries/s", "all delivered after s", "p50 ms", "p99 ms", "lost", "dup"],
+        &[
+            "database",
+            "deliveries/s",
+            "all delivered after s",
+            "p50 ms",
+            "p99 ms",
+            "lost",
+            "dup",
+        ],
         &[vec![
             name(backend).into(),
             format!("{rate:.0}"),
@@ -265,15 +350,21 @@ pub async fn broadcast(opts: &Opts) -> anyhow::Result<()> {
             dup.to_string(),
         ]],
     );
-    let results = vec![json!({"sessions": sessions, "broadcasts": count, "deliveries_per_s": rate, "seconds": elapsed,
-        "p50_ms": report::ms(&h, 0.5), "p99_ms": report::ms(&h, 0.99), "lost": lost, "duplicated": dup})];
+    let results = vec![
+        json!({"sessions": sessions, "broadcasts": count, "deliveries_per_s": rate, "seconds": elapsed,
+        "p50_ms": report::ms(&h, 0.5), "p99_ms": report::ms(&h, 0.99), "lost": lost, "duplicated": dup}),
+    ];
     report::json("broadcast", Value::Array(results.clone()));
     ensure_clean(&results)
 }
 
 /// Gateway memory per idle connection, SSE and WebSocket, and RabbitMQ memory per user.
 pub async fn idle(opts: &Opts) -> anyhow::Result<()> {
-    let sizes: Vec<usize> = if opts.quick { vec![500] } else { vec![1000, 10_000] };
+    let sizes: Vec<usize> = if opts.quick {
+        vec![500]
+    } else {
+        vec![1000, 10_000]
+    };
     let mut rows = Vec::new();
     let mut results = Vec::new();
     for n in sizes {
@@ -291,15 +382,25 @@ pub async fn idle(opts: &Opts) -> anyhow::Result<()> {
                 async move {
                     let _permit = sem.acquire().await?;
                     let token = clients::mint(&format!("u{i}"), 3600);
-                    if transport == "sse" { clients::sse(port, i, &token, None, tx).await } else { clients::ws(port, i, &token, tx).await }
+                    if transport == "sse" {
+                        clients::sse(port, i, &token, None, tx).await
+                    } else {
+                        clients::ws(port, i, &token, tx).await
+                    }
                 }
             });
-            let handles: Vec<_> = join_all(opens).await.into_iter().collect::<Result<_, _>>()?;
+            let handles: Vec<_> = join_all(opens)
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?;
             let connect_rate = n as f64 / started.elapsed().as_secs_f64();
             tokio::time::sleep(Duration::from_secs(2)).await;
             let rss = gateway.rss_kib().unwrap_or_default();
             let per_conn = (rss.saturating_sub(base) as f64 * 1024.0) / n as f64;
-            let broker_per_user = broker_memory().await.zip(broker_base).map(|(a, b)| (a - b) as f64 / n as f64);
+            let broker_per_user = broker_memory()
+                .await
+                .zip(broker_base)
+                .map(|(a, b)| (a - b) as f64 / n as f64);
             rows.push(vec![
                 transport.into(),
                 n.to_string(),
@@ -318,7 +419,14 @@ pub async fn idle(opts: &Opts) -> anyhow::Result<()> {
     }
     report::table(
         "idle — one session per user",
-        &["transport", "connections", "gateway bytes/conn", "gateway RSS MiB", "RabbitMQ bytes/user", "connects/s"],
+        &[
+            "transport",
+            "connections",
+            "gateway bytes/conn",
+            "gateway RSS MiB",
+            "RabbitMQ bytes/user",
+            "connects/s",
+        ],
         &rows,
     );
     report::json("idle", Value::Array(results));

@@ -101,6 +101,10 @@ impl Consumer {
         for (user, _) in &online {
             self.bind(&channel, user).await?;
         }
+        // Once a session is told it is bound it counts on this connection: if the
+        // connection drops from here on (even before consuming starts, which deletes the
+        // exclusive queue with whatever it held), the next one must catch sessions up.
+        let resync = std::mem::replace(ever_connected, true);
         for (_, bound) in &online {
             bound.send_replace(true);
         }
@@ -119,11 +123,10 @@ impl Consumer {
             .await
             .context("consuming")?;
         self.connected.store(true, Ordering::Relaxed);
-        // After a reconnect, sessions may have missed what was published meanwhile.
-        let resync = std::mem::replace(ever_connected, true);
         metrics::gauge!(m::AMQP_CONNECTED).set(1.0);
         backoff.reset();
         tracing::info!(queue = %self.queue, users = online.len(), "consuming from RabbitMQ");
+        // After a reconnect, sessions may have missed what was published meanwhile.
         if resync {
             self.hub.resync_all();
         }

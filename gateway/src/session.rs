@@ -97,7 +97,13 @@ impl Session {
             session.last_sent = cursor;
             session.catch_up().await?;
         }
-        session.push_unread().await?;
+        let as_of = session.push_unread().await?;
+        // Without a cursor nothing is replayed: the client reads its inbox, which `unread`
+        // covers up to `as_of`. Live delivery and later catch-ups start after it, so they
+        // never send what the inbox already shows (nor the whole history after a resync).
+        if cursor.is_none() {
+            session.last_sent = as_of;
+        }
         metrics::gauge!(m::SESSIONS, "transport" => transport).increment(1.0);
         Ok(session)
     }
@@ -208,10 +214,12 @@ impl Session {
         Ok(())
     }
 
-    async fn push_unread(&mut self) -> Result<(), StoreError> {
+    /// Queues the user's unread count; returns its `as_of`.
+    async fn push_unread(&mut self) -> Result<i64, StoreError> {
         let unread = inbox::unread(&self.ctx.db, &self.user, now_ms()).await?;
+        let as_of = unread.as_of;
         self.pending.push_back(Event::Unread(unread));
-        Ok(())
+        Ok(as_of)
     }
 }
 

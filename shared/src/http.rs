@@ -140,9 +140,14 @@ pub async fn access_log(
 pub fn healthcheck(addr: &str) -> bool {
     use std::io::{Read, Write};
     let addr = addr.replace("0.0.0.0", "127.0.0.1");
-    let Ok(mut stream) = std::net::TcpStream::connect(&addr) else { return false };
+    let Ok(mut stream) = std::net::TcpStream::connect(&addr) else {
+        return false;
+    };
     let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(3)));
-    if stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").is_err() {
+    if stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut head = [0u8; 12];

@@ -176,7 +176,12 @@ async fn read_commands(
                 let _ = ws.pong(&bytes).await;
                 None
             }
-            actix_ws::AggregatedMessage::Close(_) => break,
+            actix_ws::AggregatedMessage::Close(reason) => {
+                // RFC 6455 §5.5.1: a close frame is answered with one (else browsers
+                // report an abnormal closure, 1006).
+                let _ = ws.close(reason).await;
+                break;
+            }
             _ => None,
         };
         if let Some(reply) = reply
