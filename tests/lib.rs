@@ -6,7 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod broker;
+pub mod clients;
 pub mod database;
+pub mod gateway;
 pub mod process;
 pub mod proxy;
 

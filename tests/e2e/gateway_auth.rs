@@ -1,0 +1,211 @@
+//! Who may open a session: a valid HS256 token (header or query) for a valid user id,
+//! from an allowed origin; and no session outlives its token.
+
+use std::time::Duration;
+
+use reddot_tests::{
+    Backend, JWT_SECRET, ORIGIN, Stack,
+    clients::{Connect, Events, Sse, Ws},
+    gateway::{Gateway, now_secs, sign, token_expiring_in, unsigned_token},
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const DELIVERY: Duration = Duration::from_secs(20);
+
+/// Tokens the gateway must refuse, with what is wrong with each.
+fn bad_tokens() -> Vec<(&'static str, Option<String>)> {
+    let in_an_hour = now_secs() + 3600;
+    vec![
+        ("missing", None),
+        (
+            "expired beyond the leeway",
+            Some(token_expiring_in("alice", -120)),
+        ),
+        (
+            "signed with another secret",
+            Some(sign(
+                "another-secret-0123456789abcdef",
+                &json!({"sub": "alice", "exp": in_an_hour}),
+            )),
+        ),
+        ("alg none", Some(unsigned_token("alice"))),
+        (
+            "sub not a valid user id",
+            Some(sign(
+                JWT_SECRET,
+                &json!({"sub": "not a user!", "exp": in_an_hour}),
+            )),
+        ),
+        (
+            "sub too long",
+            Some(sign(
+                JWT_SECRET,
+                &json!({"sub": "u".repeat(129), "exp": in_an_hour}),
+            )),
+        ),
+        ("no exp", Some(sign(JWT_SECRET, &json!({"sub": "alice"})))),
+        ("not a JWT", Some("not-a-jwt".to_owned())),
+    ]
+}
+
+fn assert_unauthorized(what: &str, status: StatusCode, body: &Value) {
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {body}");
+    assert_eq!(body["error"]["code"], "unauthorized", "{what}: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{what}: {body}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_tokens_get_401_with_a_json_error_on_sse_and_websocket() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let http = reqwest::Client::new();
+
+    for (what, token) in bad_tokens() {
+        let connects = match &token {
+            None => vec![Connect::anonymous()],
+            Some(t) => vec![Connect::bearer(t), Connect::query_token(t)],
+        };
+        for connect in connects {
+            let res = Sse::request(&http, &gw.base(), &connect).await?;
+            let status = res.status();
+            assert!(
+                res.headers()[reqwest::header::CONTENT_TYPE]
+                    .to_str()?
+                    .starts_with("application/json"),
+                "{what}"
+            );
+            let body: Value = res.json().await?;
+            assert_unauthorized(&format!("SSE, {what}, {:?}", connect.auth), status, &body);
+
+            match Ws::try_open(&gw.base(), &connect).await? {
+                Ok(_) => panic!("WebSocket accepted a token that is {what}"),
+                Err(refused) => assert_unauthorized(
+                    &format!("WebSocket, {what}, {:?}", connect.auth),
+                    refused.status,
+                    &refused.body,
+                ),
+            }
+        }
+    }
+
+    // The same user with a good token gets in on both.
+    let good = stack.token("alice").await?;
+    gw.sse(&Connect::bearer(&good))
+        .await?
+        .expect("unread", DELIVERY)
+        .await?;
+    gw.ws(&Connect::query_token(&good))
+        .await?
+        .expect("unread", DELIVERY)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_from_a_foreign_origin_gets_403_and_the_allowed_origin_gets_in()
+-> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let token = stack.token("alice").await?;
+
+    for origin in ["http://evil.test", "http://app.test.evil.test", "null"] {
+        let refused = Ws::try_open(&gw.base(), &Connect::query_token(&token).origin(origin))
+            .await?
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("origin {origin} was let in"))?;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{origin}");
+        assert_eq!(refused.body["error"]["code"], "forbidden", "{origin}");
+    }
+
+    let mut ws = gw.ws(&Connect::query_token(&token).origin(ORIGIN)).await?;
+    ws.expect("unread", DELIVERY).await?;
+    let id = stack
+        .notify(&json!({"to": {"users": ["alice"]}, "title": "from an allowed page"}))
+        .await?;
+    assert_eq!(ws.ids_until(id, DELIVERY).await?, [id]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn when_the_token_expires_sse_gets_token_expired_and_the_stream_ends() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    // The 30 s leeway applies to accepting the token, not to how long the session lasts.
+    let exp = now_secs() + 2;
+    let token = sign(JWT_SECRET, &json!({"sub": "alice", "exp": exp}));
+    let mut sse = gw.sse(&Connect::query_token(&token)).await?;
+    sse.expect("unread", DELIVERY).await?;
+
+    let expired = sse.expect("token_expired", Duration::from_secs(10)).await?;
+    let at = chrono::Utc::now().timestamp_millis();
+
+    assert!(
+        at >= exp * 1000 - 50,
+        "token_expired {} ms early",
+        exp * 1000 - at
+    );
+    assert!(
+        at < exp * 1000 + 3000,
+        "token_expired {} ms late",
+        at - exp * 1000
+    );
+    assert!(expired.data.is_object());
+    assert!(
+        sse.next_or_end(Duration::from_secs(5)).await?.is_none(),
+        "the stream goes on after token_expired"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn when_the_token_expires_a_websocket_gets_token_expired_and_close_code_4001()
+-> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let exp = now_secs() + 2;
+    let token = sign(JWT_SECRET, &json!({"sub": "alice", "exp": exp}));
+    let mut ws = gw.ws(&Connect::bearer(&token)).await?;
+    ws.expect("unread", DELIVERY).await?;
+
+    ws.expect("token_expired", Duration::from_secs(10)).await?;
+    let at = chrono::Utc::now().timestamp_millis();
+    let rest = ws.until_end(Duration::from_secs(5)).await?;
+
+    assert!(
+        at >= exp * 1000 - 50,
+        "token_expired {} ms early",
+        exp * 1000 - at
+    );
+    assert!(rest.is_empty(), "frames after token_expired: {rest:?}");
+    let closed = ws
+        .closed()
+        .ok_or_else(|| anyhow::anyhow!("no close frame"))?;
+    assert_eq!(closed.code, 4001, "{closed:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_token_expired_within_the_leeway_is_accepted_but_its_session_ends_at_once()
+-> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let token = token_expiring_in("alice", -10);
+
+    let mut sse = gw.sse(&Connect::bearer(&token)).await?;
+    sse.expect("unread", DELIVERY).await?;
+    sse.expect("token_expired", Duration::from_secs(2)).await?;
+    assert!(sse.next_or_end(Duration::from_secs(5)).await?.is_none());
+
+    let mut ws = gw.ws(&Connect::bearer(&token)).await?;
+    ws.expect("unread", DELIVERY).await?;
+    ws.expect("token_expired", Duration::from_secs(2)).await?;
+    ws.until_end(Duration::from_secs(5)).await?;
+    assert_eq!(ws.closed().map(|c| c.code), Some(4001));
+    Ok(())
+}

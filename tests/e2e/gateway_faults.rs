@@ -1,0 +1,299 @@
+//! The gateway when things go wrong: its RabbitMQ connection is cut, a node is killed,
+//! a client stops reading. Sessions resume and miss nothing; a stalled reader is cut
+//! loose without holding back anyone else.
+
+use std::time::Duration;
+
+use futures_util::future::try_join_all;
+use reddot_tests::{
+    Backend, Env, Proxy, Stack, amqp_addr,
+    clients::{Client, Connect, Events, StalledSse},
+    gateway::{Gateway, to_all, to_users},
+};
+use serde_json::json;
+
+const DELIVERY: Duration = Duration::from_secs(20);
+
+/// Posts `n` notifications alternating between alice and bob, then a broadcast; returns
+/// (alice's ids, bob's ids, the broadcast id), the broadcast included in both lists.
+async fn post_round(
+    stack: &Stack,
+    n: usize,
+    label: &str,
+) -> anyhow::Result<(Vec<i64>, Vec<i64>, i64)> {
+    let (mut alice, mut bob) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let (user, ids) = if i % 3 == 2 {
+            ("bob", &mut bob)
+        } else {
+            ("alice", &mut alice)
+        };
+        ids.push(
+            stack
+                .notify(&to_users(&[user], &format!("{label} {i}")))
+                .await?,
+        );
+    }
+    let broadcast = stack.notify(&to_all(&format!("{label} end"))).await?;
+    alice.push(broadcast);
+    bob.push(broadcast);
+    Ok((alice, bob, broadcast))
+}
+
+async fn sessions_miss_nothing_when_the_gateways_rabbitmq_connection_is_cut_and_restored(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    // Arrange: two nodes reach RabbitMQ through a proxy; the producer reaches it directly.
+    let proxy = Proxy::start(&amqp_addr()).await?;
+    let stack = Stack::start(backend).await?;
+    let env = || Env::new(&stack.db.url, &stack.vhost.url_via(&proxy.addr));
+    let a = Gateway::start_with("node-a", env()).await?;
+    let b = Gateway::start_with("node-b", env()).await?;
+    for gw in [&a, &b] {
+        gw.readyz_until(DELIVERY, "consuming from RabbitMQ", |r| {
+            r["rabbitmq"] == "ok"
+        })
+        .await?;
+    }
+    // Older notifications: sessions opened without a cursor must never be sent them.
+    let old = stack.notify(&to_users(&["alice", "bob"], "old")).await?;
+    let (alice, bob) = (stack.token("alice").await?, stack.token("bob").await?);
+    let mut alice_sessions: Vec<Client> = vec![
+        a.client("sse", &Connect::bearer(&alice)).await?,
+        a.client("ws", &Connect::query_token(&alice).after_in_query(old))
+            .await?,
+        b.client("sse", &Connect::query_token(&alice).after_in_query(old))
+            .await?,
+        b.client("ws", &Connect::bearer(&alice)).await?,
+    ];
+    let mut bob_sessions: Vec<Client> = vec![a.client("sse", &Connect::bearer(&bob)).await?];
+    let (hers, his, end) = post_round(&stack, 3, "before").await?;
+    for s in &mut alice_sessions {
+        assert_eq!(
+            s.ids_until(end, DELIVERY).await?,
+            hers,
+            "{} before",
+            s.transport()
+        );
+    }
+    assert_eq!(bob_sessions[0].ids_until(end, DELIVERY).await?, his);
+
+    // Act: cut both nodes off RabbitMQ, post, restore, post again.
+    proxy.cut();
+    for gw in [&a, &b] {
+        gw.readyz_until(DELIVERY, "RabbitMQ reported down", |r| {
+            r["rabbitmq"] == "down"
+        })
+        .await?;
+    }
+    let (mut hers, mut his, _) = post_round(&stack, 10, "during").await?;
+    proxy.restore();
+    let (after_hers, after_his, end) = post_round(&stack, 3, "after").await?;
+    hers.extend(after_hers);
+    his.extend(after_his);
+
+    // Assert: every session has all of it, once, in order.
+    let got = try_join_all(
+        alice_sessions
+            .iter_mut()
+            .map(|s| s.ids_until(end, DELIVERY)),
+    )
+    .await?;
+    for (ids, s) in got.iter().zip(&alice_sessions) {
+        assert_eq!(ids, &hers, "alice's {} session", s.transport());
+    }
+    assert_eq!(bob_sessions[0].ids_until(end, DELIVERY).await?, his);
+    for gw in [&a, &b] {
+        gw.readyz_until(DELIVERY, "consuming again", |r| r["rabbitmq"] == "ok")
+            .await?;
+    }
+    // Live delivery works again (not only the catch-up).
+    let live = stack.notify(&to_users(&["alice"], "live again")).await?;
+    for s in &mut alice_sessions {
+        assert_eq!(
+            s.ids_until(live, DELIVERY).await?,
+            [live],
+            "{}",
+            s.transport()
+        );
+    }
+    // Read-state events go through RabbitMQ as well: the nodes publish them again.
+    let Client::Ws(ws) = &mut alice_sessions[1] else {
+        anyhow::bail!("session 1 is the WebSocket on node a");
+    };
+    ws.send(&json!({"type": "read_all"})).await?;
+    for s in &mut alice_sessions {
+        s.unread_count(0, DELIVERY).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_sessions_miss_nothing_when_the_gateways_rabbitmq_connection_is_cut_and_restored()
+-> anyhow::Result<()> {
+    sessions_miss_nothing_when_the_gateways_rabbitmq_connection_is_cut_and_restored(Backend::Sqlite)
+        .await
+}
+
+#[tokio::test]
+async fn postgres_sessions_miss_nothing_when_the_gateways_rabbitmq_connection_is_cut_and_restored()
+-> anyhow::Result<()> {
+    sessions_miss_nothing_when_the_gateways_rabbitmq_connection_is_cut_and_restored(
+        Backend::Postgres,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_session_opened_without_a_cursor_is_not_sent_older_notifications_after_a_rabbitmq_reconnect()
+-> anyhow::Result<()> {
+    let proxy = Proxy::start(&amqp_addr()).await?;
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start_with(
+        "node-a",
+        Env::new(&stack.db.url, &stack.vhost.url_via(&proxy.addr)),
+    )
+    .await?;
+    gw.readyz_until(DELIVERY, "consuming from RabbitMQ", |r| {
+        r["rabbitmq"] == "ok"
+    })
+    .await?;
+    let older = [
+        stack.notify(&to_users(&["erin"], "older 1")).await?,
+        stack.notify(&to_users(&["erin"], "older 2")).await?,
+    ];
+    let mut erin = gw
+        .sse(&Connect::bearer(&stack.token("erin").await?))
+        .await?;
+    let unread = erin.expect("unread", DELIVERY).await?;
+    assert_eq!(unread.data["as_of"], older[1]);
+
+    proxy.cut();
+    gw.readyz_until(DELIVERY, "RabbitMQ reported down", |r| {
+        r["rabbitmq"] == "down"
+    })
+    .await?;
+    let during = stack.notify(&to_users(&["erin"], "during")).await?;
+    proxy.restore();
+
+    // The catch-up after the reconnect starts at the unread count's `as_of`, not at 0.
+    let event = erin.expect("notification", DELIVERY).await?;
+    assert_eq!(event.notification_id(), Some(during));
+    Ok(())
+}
+
+#[tokio::test]
+async fn clients_of_a_killed_node_resume_on_the_other_node_and_miss_nothing() -> anyhow::Result<()>
+{
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let mut a = Gateway::start(&stack, "node-a").await?;
+    let b = Gateway::start(&stack, "node-b").await?;
+    let alice = stack.token("alice").await?;
+    // (transport, connect) per session on node a, which is about to die.
+    let on_a = [
+        ("sse", Connect::bearer(&alice)),
+        ("ws", Connect::query_token(&alice)),
+        ("sse", Connect::query_token(&alice)),
+    ];
+    let mut sessions = Vec::new();
+    for (transport, connect) in &on_a {
+        sessions.push(a.client(transport, connect).await?);
+    }
+    let mut control = b.client("ws", &Connect::bearer(&alice)).await?;
+    let (mut hers, _, end) = post_round(&stack, 5, "before").await?;
+    for s in &mut sessions {
+        assert_eq!(s.ids_until(end, DELIVERY).await?, hers);
+    }
+
+    a.kill();
+    let (during, _, _) = post_round(&stack, 5, "during").await?;
+    hers.extend(&during);
+    let mut stitched: Vec<Vec<i64>> = Vec::new();
+    for (s, (transport, connect)) in sessions.iter_mut().zip(&on_a) {
+        // What reached the client before the connection died, then a resume on node b.
+        let mut ids: Vec<i64> = hers[..hers.len() - during.len()].to_vec();
+        let tail = s.until_end(DELIVERY).await?;
+        ids.extend(tail.iter().filter_map(|e| e.notification_id()));
+        // Browsers' WebSocket cannot set headers: it resumes with the query cursor.
+        let resume = if *transport == "ws" {
+            connect.clone().after_in_query(s.last_id().unwrap_or(end))
+        } else {
+            connect.clone().resume_from(s.last_id())
+        };
+        *s = b.client(transport, &resume).await?;
+        stitched.push(ids);
+    }
+    let (after, _, end) = post_round(&stack, 5, "after").await?;
+    hers.extend(&after);
+    for (s, mut ids) in sessions.iter_mut().zip(stitched) {
+        ids.extend(s.ids_until(end, DELIVERY).await?);
+        assert_eq!(ids, hers, "{} session resumed on node b", s.transport());
+    }
+    assert_eq!(
+        control.ids_until(end, DELIVERY).await?,
+        hers,
+        "the session on node b was unaffected"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_while_another_session_of_the_user_gets_everything()
+-> anyhow::Result<()> {
+    const POSTS: usize = 250;
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start_with("node-a", stack.env().with("REDDOT_SESSION_BUFFER", "8")).await?;
+    let token = stack.token("alice").await?;
+    let mut healthy = gw.sse(&Connect::bearer(&token)).await?;
+    let stalled = StalledSse::open(gw.port(), &token).await?;
+    let reader = tokio::spawn(async move {
+        let got = healthy
+            .notifications(POSTS, Duration::from_secs(120))
+            .await?;
+        anyhow::Ok(
+            got.iter()
+                .filter_map(|e| e.notification_id())
+                .collect::<Vec<_>>(),
+        )
+    });
+
+    // ~22 KB each, ~5.5 MB in all: more than the socket buffers between the gateway and
+    // the stalled client hold (loopback send buffers grow to a few MB).
+    let body = "b".repeat(10_000);
+    let data = json!({"pad": "d".repeat(12_000)});
+    let mut posted = Vec::with_capacity(POSTS);
+    for i in 0..POSTS {
+        let n = json!({"to": {"users": ["alice"]}, "title": format!("n{i}"), "body": body, "data": data});
+        posted.push(stack.notify(&n).await?);
+    }
+
+    assert_eq!(
+        reader.await??,
+        posted,
+        "the reading session got everything in order"
+    );
+    let drained = stalled.drain(DELIVERY).await?;
+    assert!(drained.ended, "the stalled session was not closed");
+    let got: Vec<i64> = drained
+        .events
+        .iter()
+        .filter_map(|e| e.notification_id())
+        .collect();
+    assert!(got.len() < POSTS, "the stalled session was never cut off");
+    assert_eq!(
+        got,
+        posted[..got.len()],
+        "what it got is an in-order prefix"
+    );
+
+    // The cut-off client resumes from its last id and catches up.
+    let mut resumed = gw
+        .sse(&Connect::bearer(&token).resume_from(got.last().copied()))
+        .await?;
+    let last = *posted.last().unwrap_or(&0);
+    assert_eq!(
+        resumed.ids_until(last, DELIVERY).await?,
+        posted[got.len()..]
+    );
+    Ok(())
+}

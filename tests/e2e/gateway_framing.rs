@@ -1,0 +1,150 @@
+//! Wire formats: SSE framing survives any content, carries the right headers and
+//! keep-alives; WebSocket frames carry the same notification JSON with a `"type"`.
+
+use std::time::Duration;
+
+use reddot_tests::{
+    Backend, Stack,
+    clients::{Connect, Events, Sse},
+    gateway::Gateway,
+};
+use serde_json::{Value, json};
+
+const DELIVERY: Duration = Duration::from_secs(20);
+
+/// Titles, bodies and data that would break a naive SSE writer.
+fn hostile_notifications() -> Vec<Value> {
+    vec![
+        json!({"title": "two\nlines", "body": "a\rb", "data": {"s": "x\r\ny"}}),
+        json!({"title": "blank\r\n\r\nline", "body": "\n\n", "data": {"s": "\r\n\r\n"}}),
+        json!({"title": "data: x", "body": "event: y\nid: 999999\ndata: z\n\n", "data": {"s": "data: x", "t": "event: y"}}),
+        json!({"title": ": comment", "body": "retry: 1\n: ping\n\n", "data": {"nested": {"deep": ["id: 1", "\n", "\r"]}}}),
+        json!({"title": "unicode \u{2028}\u{2029}\u{85} ✓ \u{1F534}", "body": "tab\tand \\ backslash \"quote\"", "data": {}}),
+    ]
+}
+
+#[tokio::test]
+async fn notifications_with_newlines_and_sse_field_names_in_them_arrive_as_one_event_each_with_the_exact_strings()
+-> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let token = stack.token("alice").await?;
+    let mut sse = gw.sse(&Connect::bearer(&token)).await?;
+    let mut ws = gw.ws(&Connect::bearer(&token)).await?;
+    sse.expect("unread", DELIVERY).await?;
+    ws.expect("unread", DELIVERY).await?;
+
+    let sent = hostile_notifications();
+    let mut ids = Vec::new();
+    for n in &sent {
+        let mut body = n.clone();
+        body["to"] = json!({"users": ["alice"]});
+        ids.push(stack.notify(&body).await?);
+    }
+
+    for ((n, id), i) in sent.iter().zip(&ids).zip(0..) {
+        let event = sse.expect("notification", DELIVERY).await?;
+        assert_eq!(event.notification_id(), Some(*id), "#{i}");
+        assert_eq!(event.id, Some(*id), "#{i}: the id: line");
+        for field in ["title", "body", "data"] {
+            assert_eq!(event.data[field], n[field], "SSE #{i} {field}");
+        }
+        let frame = ws.expect("notification", DELIVERY).await?;
+        let mut without_type = frame.data.clone();
+        without_type.as_object_mut().map(|o| o.remove("type"));
+        assert_eq!(
+            without_type, event.data,
+            "#{i}: the same JSON on both transports"
+        );
+    }
+
+    // On the wire: one event per notification, no raw CR anywhere, every event ended
+    // by a blank line.
+    let raw = String::from_utf8(sse.raw())?;
+    assert!(!raw.contains('\r'), "a raw CR would split an SSE line");
+    let frames: Vec<&str> = raw
+        .split("\n\n")
+        .filter(|f| f.starts_with("event: notification"))
+        .collect();
+    assert_eq!(frames.len(), sent.len(), "{raw}");
+    for (frame, id) in frames.iter().zip(&ids) {
+        let lines: Vec<&str> = frame.lines().collect();
+        assert_eq!(lines.len(), 3, "{frame}");
+        assert_eq!(lines[1], format!("id: {id}"));
+        assert!(lines[2].starts_with("data: {"), "{frame}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_sse_stream_starts_with_retry_and_is_never_cached_compressed_or_buffered()
+-> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let res = reqwest::Client::new()
+        .get(gw.url("/v1/stream"))
+        .bearer_auth(stack.token("alice").await?)
+        .header("Accept-Encoding", "gzip, br, deflate")
+        .send()
+        .await?;
+    let mut sse = Sse::from_response(res);
+
+    let header = |name: &str| {
+        sse.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(sse.status, 200);
+    assert!(header("content-type").starts_with("text/event-stream"));
+    assert_eq!(header("cache-control"), "no-cache");
+    assert_eq!(header("x-accel-buffering"), "no");
+    assert!(
+        matches!(header("content-encoding").as_str(), "" | "identity"),
+        "compressed: {}",
+        header("content-encoding")
+    );
+    sse.expect("unread", DELIVERY).await?;
+    assert!(
+        sse.raw().starts_with(b"retry: 2000\n\n"),
+        "{:?}",
+        String::from_utf8_lossy(&sse.raw())
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_sessions_get_sse_ping_comments_and_websocket_pings_every_heartbeat()
+-> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start_with("node-a", stack.env().with("REDDOT_HEARTBEAT_SECS", "1")).await?;
+    let token = stack.token("alice").await?;
+    let mut sse = gw.sse(&Connect::bearer(&token)).await?;
+    let mut ws = gw.ws(&Connect::bearer(&token)).await?;
+    sse.expect("unread", DELIVERY).await?;
+    ws.expect("unread", DELIVERY).await?;
+
+    // Comments are not events: the reader keeps waiting while they arrive.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sse.heartbeats() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no `: ping` comments"
+        );
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let _ = sse.next_or_end(left.min(Duration::from_millis(500))).await;
+    }
+    while ws.pings() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no WebSocket pings");
+        let _ = ws.next_or_end(Duration::from_millis(500)).await;
+    }
+
+    // Both sessions are still live after answering.
+    let id = stack
+        .notify(&json!({"to": {"users": ["alice"]}, "title": "still there"}))
+        .await?;
+    assert_eq!(sse.ids_until(id, DELIVERY).await?, [id]);
+    assert_eq!(ws.ids_until(id, DELIVERY).await?, [id]);
+    Ok(())
+}
