@@ -1,1 +1,948 @@
-// Placeholder; replaced by the browser client.
+/*!
+ * reddot.js — the browser client of Reddot (in-app notifications, the unread red dot).
+ * Served by every gateway at /reddot.js. No dependencies, no build step. MIT licence.
+ *
+ *   const rd = new Reddot({ gateway: "https://gw.example.com", token: jwt,
+ *                           transport: "auto", getToken: async () => fetchNewJwt() });
+ *   rd.on("notification", n => …);   // each notification once, in id order
+ *   rd.on("unread", u => badge(u.badge));   // u = {count, by_kind, as_of, badge, badge_by_kind}
+ *   rd.on("status", s => …);         // {state, transport, leader, attempt, retryIn, reason}
+ *   rd.on("reset", () => reloadInbox());
+ *   rd.on("read", r => …);           // {ids} or {all: true}: marked read in this browser
+ *   rd.on("removed", r => …);        // {id}: deleted in this browser
+ *   // "status" and "unread" listeners are also called at once with the current value.
+ *   await rd.markRead([id]); await rd.markAllRead(); await rd.remove(id);
+ *   await rd.list({ before, limit, unreadOnly, kind });  // {items, next_before, cursor}
+ *   rd.setTransport("ws"); rd.setToken(jwt); rd.close();
+ *
+ * Module format — why a plain script: one file has to work both as a classic
+ * <script src=".../reddot.js"> and from ES modules, and a file containing `export` is a
+ * syntax error as a classic script. So this is a UMD-style script: it defines `Reddot`
+ * on `globalThis` (and `module.exports` under CommonJS), and has no import/export.
+ * Modules load it for its side effect, from any allowed origin (it is served with CORS):
+ *
+ *   import "https://gw.example.com/reddot.js";
+ *   const { Reddot } = globalThis;
+ *
+ * or, as a tiny ESM wrapper of your own (reddot.mjs):
+ *   import "https://gw.example.com/reddot.js"; export default globalThis.Reddot;
+ *
+ * How it works
+ * - Transports: "sse" (EventSource), "ws" (WebSocket), "longpoll" (GET /v1/poll),
+ *   "poll" (GET /v1/unread with ETag, then the inbox for what is new), "iframe" (a hidden
+ *   forever-iframe posting messages; the page's origin must be in the gateway's
+ *   REDDOT_ALLOWED_ORIGINS) and "auto": SSE, falling back to WebSocket, then long polling,
+ *   when a transport fails twice while the gateway itself answers. Long polls answer new
+ *   notifications only, so that transport rereads the count every 15 s (reads made on
+ *   other devices); the iframe cannot see a stream cut mid-way, so a watchdog checks it.
+ * - A connection counts as up once the gateway's first `unread` arrives (every transport
+ *   sends one at once); one that gives none within `openTimeout` (a buffering proxy)
+ *   counts as failed. Reconnects back off exponentially with jitter. `getToken`, when
+ *   given, is called before every reconnect, so a page outlives its tokens
+ *   (`token_expired`, WebSocket close 4001, or a 401 → new token → resume).
+ * - Resume: the largest notification id seen is kept in localStorage per gateway and
+ *   user (the user is the token's `sub`, read without verification) and sent as
+ *   `last_event_id`; a notification with an id not above it is a duplicate and dropped.
+ *   On first use the cursor is the `cursor` of the page's first list() call (so a page
+ *   that renders that list misses nothing), else the gateway's latest id.
+ * - One connection per browser and user: tabs elect a leader with a Web Lock
+ *   (navigator.locks). Only the leader connects; it relays every event to the other tabs
+ *   over a BroadcastChannel. The lock is released when the leader's tab closes or
+ *   crashes, and the next tab in the lock's queue takes over at once, resuming from the
+ *   last id it saw. So ten tabs use one connection, under HTTP/1.1's six per host. The
+ *   connection uses the leader's token, getToken and transport (setTransport in any tab
+ *   switches it for all); list/markRead/remove are plain requests from each tab. Without
+ *   Web Locks or BroadcastChannel (or with `share: false`) each instance connects alone.
+ * - The badge: the gateway's `unread` covers ids up to `as_of`; notifications received
+ *   with a larger id are not in its count yet. So `badge = count + (received ids > as_of)`,
+ *   which the `unread` event carries as `badge` (and is emitted again on each notification).
+ *   Reads made in one tab update every tab's badge at once (the read's answer is shared);
+ *   the gateway also pushes `unread` to every session on reads from other devices.
+ */
+(function (root, factory) {
+  'use strict';
+  var Reddot = factory(root);
+  if (typeof module === 'object' && module && module.exports) module.exports = Reddot;
+  if (root) root.Reddot = Reddot;
+}(typeof globalThis !== 'undefined' ? globalThis : typeof self !== 'undefined' ? self : this, function (global) {
+  'use strict';
+
+  var TRANSPORTS = ['sse', 'ws', 'longpoll', 'poll', 'iframe'];
+  var AUTO_ORDER = ['sse', 'ws', 'longpoll'];
+  var DEFAULTS = {
+    transport: 'auto',
+    share: true,          // one connection per browser and user (Web Locks + BroadcastChannel)
+    pollInterval: 3000,   // ms between GET /v1/unread for transport "poll"
+    longPollTimeout: 25,  // s a long poll may be held by the gateway (≤ 60)
+    minBackoff: 500,      // ms, first reconnect delay (before jitter)
+    maxBackoff: 15000,    // ms, largest reconnect delay
+    openTimeout: 10000,   // ms for a new connection to deliver its first `unread`
+    iframeCheckInterval: 5000, // ms between the iframe transport's liveness checks
+    failuresBeforeFallback: 2, // auto: failures of one transport before trying the next
+  };
+
+  // ---- small helpers ------------------------------------------------------------
+
+  function decodeJwt(token) {
+    var part = String(token || '').split('.')[1];
+    if (!part) return null;
+    try {
+      var b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+      while (b64.length % 4) b64 += '=';
+      var bin = atob(b64);
+      var bytes = new Uint8Array(bin.length);
+      for (var i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+      return JSON.parse(new TextDecoder().decode(bytes));
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function randomId() {
+    return Math.random().toString(36).slice(2) + Date.now().toString(36);
+  }
+
+  function storage() {
+    try { return global.localStorage || null; } catch (e) { return null; }
+  }
+
+  /** Half fixed, half random ("equal jitter"): never 0, never a synchronized herd. */
+  function backoff(attempt, min, max) {
+    var d = Math.min(max, min * Math.pow(2, attempt));
+    return Math.round(d / 2 + Math.random() * d / 2);
+  }
+
+  function HttpError(status, body) {
+    var msg = body && body.error && body.error.message ? body.error.message : 'HTTP ' + status;
+    var e = new Error(msg);
+    e.name = 'ReddotHttpError';
+    e.status = status;
+    e.body = body;
+    return e;
+  }
+
+  // ---- the client ---------------------------------------------------------------
+
+  /**
+   * @param {object} options
+   * @param {string} [options.gateway]   gateway base URL (default: this page's origin)
+   * @param {string} options.token       a gateway JWT (`sub` = user id)
+   * @param {string} [options.transport] auto | sse | ws | longpoll | poll | iframe
+   * @param {function(): (string|Promise<string>)} [options.getToken] called before each
+   *        reconnect and after a 401 / token expiry; returns a fresh JWT
+   */
+  function Reddot(options) {
+    if (!(this instanceof Reddot)) return new Reddot(options);
+    var o = {};
+    var k;
+    for (k in DEFAULTS) o[k] = DEFAULTS[k];
+    for (k in options || {}) if (options[k] !== undefined) o[k] = options[k];
+    if (TRANSPORTS.indexOf(o.transport) < 0 && o.transport !== 'auto') {
+      throw new TypeError('Reddot: unknown transport "' + o.transport + '"');
+    }
+    var base = new URL(o.gateway || (global.location && global.location.origin), global.location && global.location.href);
+    this.gateway = base.origin + base.pathname.replace(/\/+$/, '');
+    this.gatewayOrigin = base.origin;
+    this.options = o;
+    this.token = o.token;
+    var claims = decodeJwt(o.token);
+    if (!claims || typeof claims.sub !== 'string') {
+      throw new TypeError('Reddot: token must be a JWT whose `sub` is the user id');
+    }
+    this.user = claims.sub;
+
+    this._listeners = {};
+    this._id = randomId();
+    this._ns = 'reddot:' + this.gatewayOrigin + ':' + this.user;
+    this._cursorKey = this._ns + ':cursor';
+    this._closed = false;
+    this._leader = false;
+    this._gen = 0;           // bumps on every (re)connect; stale callbacks are ignored
+    this._conn = null;
+    this._timers = {};
+    this._attempt = 0;
+    this._failures = {};
+    this._autoIndex = 0;
+    this._unread = null;     // {count, by_kind, as_of} as last said by the gateway
+    this._extra = new Map(); // id → kind: received, unread, id > _unread.as_of
+    this._afterReset = false;
+    this._pendingList = null;
+    this._status = { state: 'connecting', transport: null, leader: false, attempt: 0, retryIn: null, reason: null };
+
+    var shared = o.share && global.navigator && global.navigator.locks &&
+      typeof global.BroadcastChannel === 'function';
+    if (shared) {
+      // Subscribe before reading the cursor: nothing relayed after the read is missed.
+      this._bc = new global.BroadcastChannel(this._ns);
+      this._bc.onmessage = this._onMessage.bind(this);
+    }
+    this._lastId = this._readCursor();
+    if (shared) {
+      this._lockAbort = typeof AbortController === 'function' ? new AbortController() : null;
+      var self = this;
+      global.navigator.locks.request(this._ns, this._lockAbort ? { signal: this._lockAbort.signal } : {}, function () {
+        if (self._closed) return undefined;
+        return new Promise(function (release) {
+          self._releaseLock = release;
+          self._becomeLeader();
+        });
+      }).catch(function () { /* aborted by close() */ });
+      this._post({ t: 'hello', from: this._id });
+      // No answer (no leader yet, or it is still connecting): read the count ourselves.
+      this._timers.snapshot = setTimeout(function () {
+        if (!self._unread && !self._closed) self._fetchUnread().catch(function () {});
+      }, 1500);
+    } else {
+      var me = this;
+      Promise.resolve().then(function () { me._becomeLeader(); });
+    }
+    // Back online (laptop woke up, network returned): retry now rather than at the
+    // end of a long backoff.
+    this._onOnline = this._retryNow.bind(this);
+    if (global.addEventListener) global.addEventListener('online', this._onOnline);
+  }
+
+  Reddot.TRANSPORTS = TRANSPORTS.slice();
+  Reddot.version = '1.0.0';
+  Reddot.decodeJwt = decodeJwt;
+
+  var P = Reddot.prototype;
+
+  // ---- events -------------------------------------------------------------------
+
+  /** Subscribes `fn` to `type`; returns a function that unsubscribes it. */
+  P.on = function (type, fn) {
+    (this._listeners[type] = this._listeners[type] || []).push(fn);
+    var self = this;
+    if (type === 'status') fn(this.status);
+    else if (type === 'unread' && this._unread) fn(this._badgeView());
+    return function () { self.off(type, fn); };
+  };
+
+  P.off = function (type, fn) {
+    var l = this._listeners[type];
+    if (l) this._listeners[type] = l.filter(function (f) { return f !== fn; });
+  };
+
+  P._emit = function (type, data) {
+    var l = (this._listeners[type] || []).slice();
+    for (var i = 0; i < l.length; i++) {
+      try { l[i](data); } catch (e) { setTimeout(function () { throw e; }); }
+    }
+  };
+
+  Object.defineProperty(P, 'status', {
+    get: function () {
+      var s = {};
+      for (var k in this._status) s[k] = this._status[k];
+      return s;
+    },
+  });
+
+  Object.defineProperty(P, 'isLeader', { get: function () { return this._leader; } });
+
+  /** The exact badge now: {count, by_kind, as_of, badge, badge_by_kind}, or null. */
+  Object.defineProperty(P, 'unread', { get: function () { return this._unread ? this._badgeView() : null; } });
+
+  Object.defineProperty(P, 'lastEventId', { get: function () { return this._lastId; } });
+
+  P._setStatus = function (patch, relay) {
+    var changed = false;
+    for (var k in patch) {
+      if (this._status[k] !== patch[k]) { this._status[k] = patch[k]; changed = true; }
+    }
+    if (!changed) return;
+    if (relay !== false && this._leader) this._post({ t: 'status', status: this.status });
+    this._emit('status', this.status);
+  };
+
+  // ---- state: cursor, dedupe, badge ----------------------------------------------
+
+  P._readCursor = function () {
+    var s = storage();
+    var v = s ? s.getItem(this._cursorKey) : null;
+    return v !== null && /^\d+$/.test(v) ? Number(v) : null;
+  };
+
+  P._saveCursor = function () {
+    var s = storage();
+    if (!s || this._lastId === null) return;
+    try {
+      // Never move the stored cursor back (another instance may be ahead).
+      var stored = this._readCursor();
+      if (stored === null || this._lastId > stored) s.setItem(this._cursorKey, String(this._lastId));
+    } catch (e) { /* storage full or disabled: resume from the page's list instead */ }
+  };
+
+  P._acceptNotification = function (n) {
+    if (!n || typeof n.id !== 'number') return false;
+    if (this._lastId !== null && n.id <= this._lastId) return false; // duplicate
+    this._lastId = n.id;
+    if (this._leader) this._saveCursor();
+    if (!n.read && (!this._unread || n.id > this._unread.as_of)) this._extra.set(n.id, n.kind || 'notice');
+    return true;
+  };
+
+  P._applyUnread = function (u) {
+    if (!u || typeof u.count !== 'number') return;
+    var asOf = typeof u.as_of === 'number' ? u.as_of : (u.latest_id || 0);
+    this._unread = { count: u.count, by_kind: u.by_kind || {}, as_of: asOf };
+    var self = this;
+    this._extra.forEach(function (_, id) { if (id <= asOf) self._extra.delete(id); });
+    if (this._afterReset) {
+      // After a reset the gateway skipped to its latest id: so do we.
+      this._afterReset = false;
+      if (this._lastId === null || asOf > this._lastId) {
+        this._lastId = asOf;
+        if (this._leader) this._saveCursor();
+      }
+    }
+    clearTimeout(this._timers.snapshot);
+  };
+
+  P._badgeView = function () {
+    var u = this._unread || { count: 0, by_kind: {}, as_of: 0 };
+    var byKind = {};
+    var k;
+    for (k in u.by_kind) byKind[k] = u.by_kind[k];
+    this._extra.forEach(function (kind) { byKind[kind] = (byKind[kind] || 0) + 1; });
+    return { count: u.count, by_kind: u.by_kind, as_of: u.as_of,
+      badge: u.count + this._extra.size, badge_by_kind: byKind };
+  };
+
+  /** One event from the gateway (leader) or relayed by the leader (follower). */
+  P._ingest = function (type, data, relay) {
+    if (this._closed) return;
+    if (type === 'notification') {
+      if (!this._acceptNotification(data)) return;
+      if (relay) this._post({ t: 'event', type: type, data: data });
+      this._emit('notification', data);
+      if (this._unread) this._emit('unread', this._badgeView());
+    } else if (type === 'unread') {
+      if (!data || typeof data.count !== 'number') return;
+      this._applyUnread(data);
+      if (relay) this._post({ t: 'event', type: type, data: data });
+      this._emit('unread', this._badgeView());
+    } else if (type === 'reset') {
+      this._extra.clear();
+      this._afterReset = true;
+      if (relay) this._post({ t: 'event', type: type, data: data });
+      this._emit('reset', data || { reason: 'gap_too_large' });
+    }
+  };
+
+  // ---- tabs: leader election and relay ------------------------------------------
+
+  P._post = function (msg) {
+    if (this._bc && !this._closed) {
+      try { this._bc.postMessage(msg); } catch (e) { /* channel closed */ }
+    }
+  };
+
+  P._onMessage = function (e) {
+    var m = e.data || {};
+    if (this._closed) return;
+    switch (m.t) {
+      case 'event':
+        if (!this._leader) this._ingest(m.type, m.data, false);
+        break;
+      case 'status':
+        if (!this._leader) this._setStatus(Object.assign({}, m.status, { leader: false }), false);
+        break;
+      case 'hello':
+        if (this._leader) {
+          var extra = [];
+          this._extra.forEach(function (kind, id) { extra.push([id, kind]); });
+          this._post({ t: 'snapshot', to: m.from, status: this.status, unread: this._unread, extra: extra });
+        }
+        break;
+      case 'snapshot':
+        if (m.to !== this._id || this._leader) break;
+        this._setStatus(Object.assign({}, m.status, { leader: false }), false);
+        if (m.unread) {
+          this._extra = new Map(m.extra || []);
+          this._applyUnread(m.unread);
+          this._emit('unread', this._badgeView());
+        }
+        break;
+      case 'unread': // the answer of a read in another tab
+        this._applyUnread(m.data);
+        this._emit('unread', this._badgeView());
+        break;
+      case 'read':
+        this._emit('read', m.data);
+        break;
+      case 'removed':
+        this._emit('removed', m.data);
+        break;
+      case 'transport':
+        this.options.transport = m.transport;
+        if (this._leader) this._restart();
+        break;
+    }
+  };
+
+  P._becomeLeader = function () {
+    if (this._closed || this._leader) return;
+    this._leader = true;
+    clearTimeout(this._timers.snapshot);
+    this._setStatus({ leader: true, state: 'connecting' }, false);
+    this._saveCursor();
+    this._connect();
+  };
+
+  // ---- connection management (leader only) ---------------------------------------
+
+  P._activeTransport = function () {
+    var t = this.options.transport;
+    if (t !== 'auto') return t;
+    return AUTO_ORDER[Math.min(this._autoIndex, AUTO_ORDER.length - 1)];
+  };
+
+  /** The resume cursor; on first use, the first list()'s cursor or the latest id. */
+  P._ensureCursor = function () {
+    var self = this;
+    if (this._lastId !== null) return Promise.resolve(this._lastId);
+    var wait = this._pendingList ? this._pendingList.catch(function () {}) : Promise.resolve();
+    return wait.then(function () {
+      if (self._lastId !== null) return self._lastId;
+      return self._request('GET', '/v1/unread', undefined, { timeout: 15000 }).then(function (r) {
+        if (self._lastId === null) self._lastId = r.body.latest_id || 0;
+        self._saveCursor();
+        return self._lastId;
+      });
+    });
+  };
+
+  P._connect = function () {
+    if (this._closed || !this._leader) return;
+    var self = this;
+    var gen = ++this._gen;
+    var kind = this._activeTransport();
+    this._setStatus({ state: this._attempt ? 'reconnecting' : 'connecting', transport: kind, retryIn: null, attempt: this._attempt });
+    this._ensureCursor().then(function () {
+      if (gen !== self._gen || self._closed) return;
+      var live = false;
+      var ended = false;
+      var h = {
+        event: function (type, data) {
+          if (gen !== self._gen || ended) return;
+          self._ingest(type, data, true);
+          if (type === 'unread' && !live) {
+            live = true;
+            clearTimeout(self._timers.open);
+            self._attempt = 0;
+            self._failures[kind] = 0;
+            self._setStatus({ state: 'open', transport: kind, attempt: 0, retryIn: null, reason: null });
+          }
+        },
+        fail: function (reason) {
+          if (gen !== self._gen || ended) return;
+          ended = true;
+          clearTimeout(self._timers.open);
+          var c = self._conn;
+          self._conn = null;
+          if (c) c.close();
+          self._onFail(kind, live, reason || 'error');
+        },
+      };
+      self._timers.open = setTimeout(function () { if (!live) h.fail('timeout'); }, self.options.openTimeout);
+      try {
+        self._conn = OPENERS[kind](self, h);
+      } catch (e) {
+        h.fail('error');
+      }
+    }, function (err) {
+      if (gen !== self._gen || self._closed) return;
+      self._onFail(kind, false, err && err.status === 401 ? 'unauthorized' : 'down');
+    });
+  };
+
+  /** Decides what a failed connection means, then schedules the next attempt. */
+  P._onFail = function (kind, wasLive, reason) {
+    if (this._closed || !this._leader) return;
+    var self = this;
+    var tokenProblem = reason === 'token_expired' || reason === 'unauthorized';
+    var check = (!wasLive && !tokenProblem) ? this._probe() : Promise.resolve(tokenProblem ? 'unauthorized' : 'ok');
+    var gen = this._gen;
+    check.then(function (probe) {
+      if (gen !== self._gen || self._closed) return undefined;
+      if (probe === 'unauthorized') {
+        // Expired or refused token: only a new one helps (getToken, or setToken later).
+        return self._refreshToken().then(function (fresh) {
+          if (gen !== self._gen || self._closed) return;
+          if (!fresh) {
+            self._setStatus({ state: 'unauthorized', retryIn: null, reason: reason });
+            return;
+          }
+          // A token that simply expired is replaced at once; a refused one backs off.
+          var d = reason === 'token_expired' ? Math.round(Math.random() * 250)
+            : backoff(self._attempt++, self.options.minBackoff, self.options.maxBackoff);
+          self._schedule(gen, d, false, reason);
+        });
+      }
+      if (!wasLive && probe === 'ok' && self.options.transport === 'auto') {
+        // The gateway answers but this transport does not work here: try the next one.
+        self._failures[kind] = (self._failures[kind] || 0) + 1;
+        if (self._failures[kind] >= self.options.failuresBeforeFallback && self._autoIndex < AUTO_ORDER.length - 1) {
+          self._autoIndex++;
+          self._attempt = 0;
+        }
+      }
+      self._schedule(gen, backoff(self._attempt++, self.options.minBackoff, self.options.maxBackoff), true,
+        probe === 'down' ? 'unreachable' : reason);
+      return undefined;
+    });
+  };
+
+  /** Reconnects after `delay` ms, asking getToken for a fresh token first if `refresh`. */
+  P._schedule = function (gen, delay, refresh, reason) {
+    var self = this;
+    this._setStatus({ state: 'reconnecting', transport: this._activeTransport(), attempt: this._attempt, retryIn: delay, reason: reason });
+    this._timers.retry = setTimeout(function () {
+      if (gen !== self._gen || self._closed || !self._leader) return;
+      (refresh ? self._refreshToken() : Promise.resolve()).then(function () {
+        if (gen === self._gen && !self._closed) self._connect();
+      });
+    }, delay);
+  };
+
+  /** Calls getToken (if any); keeps the old token when it fails. */
+  P._refreshToken = function () {
+    var self = this;
+    var get = this.options.getToken;
+    if (typeof get !== 'function') return Promise.resolve(false);
+    return Promise.resolve().then(get).then(function (t) {
+      if (typeof t === 'string' && t && t !== self.token) {
+        var c = decodeJwt(t);
+        if (c && c.sub === self.user) { self.token = t; return true; }
+      }
+      return false;
+    }, function () { return false; });
+  };
+
+  /** Is the gateway reachable, and is our token good? 'ok' | 'unauthorized' | 'down'. */
+  P._probe = function () {
+    return this._request('GET', '/v1/unread', undefined, { retry401: false, timeout: 5000 }).then(
+      function () { return 'ok'; },
+      function (e) { return e && e.status === 401 ? 'unauthorized' : 'down'; });
+  };
+
+  P._stopConnection = function () {
+    this._gen++;
+    clearTimeout(this._timers.retry);
+    clearTimeout(this._timers.open);
+    var c = this._conn;
+    this._conn = null;
+    if (c) c.close();
+  };
+
+  P._retryNow = function () {
+    if (this._leader && !this._closed && this._status.state === 'reconnecting') {
+      clearTimeout(this._timers.retry);
+      this._attempt = 0;
+      var self = this;
+      var gen = this._gen;
+      this._refreshToken().then(function () { if (gen === self._gen) self._connect(); });
+    }
+  };
+
+  /** Reconnect now (transport or token changed). */
+  P._restart = function () {
+    if (!this._leader || this._closed) return;
+    this._stopConnection();
+    this._attempt = 0;
+    this._failures = {};
+    this._autoIndex = 0;
+    this._connect();
+  };
+
+  // ---- HTTP ---------------------------------------------------------------------
+
+  P._url = function (path, params) {
+    var u = new URL(this.gateway + path);
+    for (var k in params || {}) if (params[k] !== undefined && params[k] !== null) u.searchParams.set(k, params[k]);
+    return u.toString();
+  };
+
+  /** fetch with the token; a 401 calls getToken and retries once. → {status, body, headers} */
+  P._request = function (method, path, body, opts) {
+    var self = this;
+    opts = opts || {};
+    var attempt = function (retry) {
+      var headers = { Authorization: 'Bearer ' + self.token };
+      if (body !== undefined) headers['Content-Type'] = 'application/json';
+      if (opts.headers) for (var h in opts.headers) headers[h] = opts.headers[h];
+      var ctrl = typeof AbortController === 'function' ? new AbortController() : null;
+      var timer = opts.timeout && ctrl ? setTimeout(function () { ctrl.abort(); }, opts.timeout) : null;
+      if (opts.signal && ctrl) opts.signal.addEventListener('abort', function () { ctrl.abort(); });
+      return fetch(self._url(path, opts.query), {
+        method: method, headers: headers, cache: 'no-store', credentials: 'omit',
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: ctrl ? ctrl.signal : undefined,
+      }).then(function (res) {
+        clearTimeout(timer);
+        if (res.status === 401 && retry && opts.retry401 !== false) {
+          return self._refreshToken().then(function (fresh) {
+            if (fresh) return attempt(false);
+            return res.json().catch(function () { return null; }).then(function (b) { throw HttpError(401, b); });
+          });
+        }
+        if (res.status === 204 || res.status === 304) return { status: res.status, body: null, headers: res.headers };
+        return res.text().then(function (text) {
+          var parsed = null;
+          try { parsed = text ? JSON.parse(text) : null; } catch (e) { parsed = null; }
+          if (!res.ok) throw HttpError(res.status, parsed);
+          return { status: res.status, body: parsed, headers: res.headers };
+        });
+      }, function (err) {
+        clearTimeout(timer);
+        throw err;
+      });
+    };
+    return attempt(true);
+  };
+
+  P._fetchUnread = function () {
+    var self = this;
+    return this._request('GET', '/v1/unread').then(function (r) {
+      if (!self._unread) {
+        self._applyUnread(r.body);
+        self._emit('unread', self._badgeView());
+      }
+    });
+  };
+
+  /** Shares a read's answer with this tab and every other one. */
+  P._readAnswer = function (answer, what) {
+    if (answer && answer.unread) {
+      this._applyUnread(answer.unread);
+      this._post({ t: 'unread', data: answer.unread });
+      this._emit('unread', this._badgeView());
+    }
+    this._post({ t: 'read', data: what });
+    this._emit('read', what);
+    return answer;
+  };
+
+  // ---- public API ---------------------------------------------------------------
+
+  /** Marks notifications read. → {changed, unread} */
+  P.markRead = function (ids) {
+    var self = this;
+    ids = [].concat(ids).map(Number).filter(function (n) { return n > 0; });
+    if (!ids.length) return Promise.resolve({ changed: 0, unread: this._unread });
+    ids.forEach(function (id) { self._extra.delete(id); });
+    return this._request('POST', '/v1/notifications/read', { ids: ids })
+      .then(function (r) { return self._readAnswer(r.body, { ids: ids }); });
+  };
+
+  /** Marks every notification read. → {changed, unread} */
+  P.markAllRead = function () {
+    var self = this;
+    this._extra.clear();
+    return this._request('POST', '/v1/notifications/read', { all: true })
+      .then(function (r) { return self._readAnswer(r.body, { all: true }); });
+  };
+
+  /** Hides a notification from the inbox and counts. */
+  P.remove = function (id) {
+    var self = this;
+    this._extra.delete(Number(id));
+    return this._request('DELETE', '/v1/notifications/' + encodeURIComponent(id)).then(function () {
+      self._post({ t: 'removed', data: { id: Number(id) } });
+      self._emit('removed', { id: Number(id) });
+    });
+  };
+
+  /** One inbox page, newest first. → {items, next_before, cursor} */
+  P.list = function (opts) {
+    opts = opts || {};
+    var self = this;
+    var p = this._request('GET', '/v1/notifications', undefined, { query: {
+      before: opts.before, limit: opts.limit,
+      unread_only: opts.unreadOnly === undefined ? undefined : String(!!opts.unreadOnly),
+      kind: opts.kind,
+    } }).then(function (r) {
+      // First use: resume right after what this (unfiltered, first) page shows.
+      if (self._lastId === null && opts.before == null && !opts.unreadOnly && !opts.kind) {
+        self._lastId = r.body.cursor || 0;
+        if (self._leader) self._saveCursor();
+      }
+      return r.body;
+    });
+    if (this._lastId === null && opts.before == null) this._pendingList = p;
+    return p;
+  };
+
+  /** Switches transport (in every tab of this user: the shared connection is the leader's). */
+  P.setTransport = function (transport) {
+    if (TRANSPORTS.indexOf(transport) < 0 && transport !== 'auto') {
+      throw new TypeError('Reddot: unknown transport "' + transport + '"');
+    }
+    this.options.transport = transport;
+    this._post({ t: 'transport', transport: transport });
+    if (this._leader) this._restart();
+  };
+
+  /** Replaces the token (e.g. after `status.state === "unauthorized"`). */
+  P.setToken = function (token) {
+    var c = decodeJwt(token);
+    if (!c || c.sub !== this.user) throw new TypeError('Reddot: the new token is for another user');
+    this.token = token;
+    if (this._leader && (this._status.state === 'unauthorized' || !this._conn)) this._restart();
+  };
+
+  /** Closes the connection (another tab takes over if this was the leader). */
+  P.close = function () {
+    if (this._closed) return;
+    this._stopConnection();
+    this._closed = true;
+    this._leader = false;
+    for (var t in this._timers) clearTimeout(this._timers[t]);
+    if (this._lockAbort) this._lockAbort.abort();
+    if (this._releaseLock) this._releaseLock();
+    if (this._bc) this._bc.close();
+    if (global.removeEventListener) global.removeEventListener('online', this._onOnline);
+    this._status.state = 'closed';
+    this._emit('status', this.status);
+    this._listeners = {};
+  };
+
+  // ---- transports: each calls h.event(type, data) and h.fail(reason) ----------------
+
+  var OPENERS = {};
+
+  OPENERS.sse = function (rd, h) {
+    var es = new global.EventSource(rd._url('/v1/stream', { access_token: rd.token, last_event_id: rd._lastId }));
+    var json = function (type) {
+      return function (e) {
+        var data;
+        try { data = JSON.parse(e.data); } catch (err) { return; }
+        h.event(type, data);
+      };
+    };
+    es.addEventListener('notification', json('notification'));
+    es.addEventListener('unread', json('unread'));
+    es.addEventListener('reset', json('reset'));
+    es.addEventListener('token_expired', function () { h.fail('token_expired'); });
+    // EventSource would reconnect by itself, without our backoff or a fresh token.
+    es.onerror = function () { h.fail('error'); };
+    return { close: function () { es.close(); } };
+  };
+
+  OPENERS.ws = function (rd, h) {
+    var url = rd._url('/v1/ws', { access_token: rd.token, last_event_id: rd._lastId }).replace(/^http/, 'ws');
+    var ws = new global.WebSocket(url);
+    var pingTimer = null;
+    var pongDeadline = null;
+    var closed = false;
+    // The gateway drops a client silent for 45 s; a ping also finds half-open TCP.
+    var ping = function () {
+      if (ws.readyState !== 1) return;
+      ws.send('{"type":"ping"}');
+      clearTimeout(pongDeadline);
+      pongDeadline = setTimeout(function () { h.fail('timeout'); }, 10000);
+    };
+    ws.onopen = function () { pingTimer = setInterval(ping, 20000); };
+    ws.onmessage = function (e) {
+      clearTimeout(pongDeadline);
+      var m;
+      try { m = JSON.parse(e.data); } catch (err) { return; }
+      if (m.type === 'token_expired') { h.fail('token_expired'); return; }
+      if (m.type === 'notification' || m.type === 'unread' || m.type === 'reset') {
+        var type = m.type;
+        delete m.type;
+        h.event(type, m);
+      }
+    };
+    ws.onclose = function (e) { if (!closed) h.fail(e.code === 4001 ? 'token_expired' : 'error'); };
+    ws.onerror = function () { /* onclose follows */ };
+    return {
+      close: function () {
+        closed = true;
+        clearInterval(pingTimer);
+        clearTimeout(pongDeadline);
+        try { ws.close(1000); } catch (e) { /* not open yet */ }
+      },
+    };
+  };
+
+  OPENERS.longpoll = function (rd, h) {
+    var ctrl = new AbortController();
+    var stopped = false;
+    var etag = null;
+    var timeout = Math.min(60, Math.max(1, rd.options.longPollTimeout));
+    var fail = function (e) {
+      if (stopped) return;
+      h.fail(e && e.status === 401 ? 'unauthorized' : 'error');
+    };
+    // Long polls answer new notifications only: the count (reads on other devices) is
+    // read with GET /v1/unread at start and every 15 s (ETag: usually a 304).
+    var checkUnread = function () {
+      return rd._request('GET', '/v1/unread', undefined, {
+        headers: etag ? { 'If-None-Match': etag } : undefined, signal: ctrl.signal, timeout: 10000,
+      }).then(function (r) {
+        if (stopped || r.status === 304) return;
+        etag = r.headers.get('ETag');
+        h.event('unread', r.body);
+      });
+    };
+    var unreadTimer = null;
+    var loop = function () {
+      if (stopped) return;
+      rd._request('GET', '/v1/poll', undefined, {
+        query: { cursor: rd._lastId, timeout: timeout }, signal: ctrl.signal, timeout: (timeout + 15) * 1000,
+      }).then(function (r) {
+        if (stopped) return;
+        if (r.status === 200 && r.body) {
+          if (r.body.reset) h.event('reset', { reason: 'gap_too_large' });
+          (r.body.notifications || []).forEach(function (n) { h.event('notification', n); });
+          if (r.body.unread) h.event('unread', r.body.unread);
+          if (r.body.reset && typeof r.body.cursor === 'number' && r.body.cursor > (rd._lastId || 0)) {
+            rd._lastId = r.body.cursor;
+            rd._saveCursor();
+          }
+        }
+        loop();
+      }, fail);
+    };
+    checkUnread().then(function () {
+      unreadTimer = setInterval(function () { checkUnread().catch(function () {}); }, 15000);
+      loop();
+    }, fail);
+    return { close: function () { stopped = true; clearInterval(unreadTimer); ctrl.abort(); } };
+  };
+
+  OPENERS.poll = function (rd, h) {
+    var ctrl = new AbortController();
+    var stopped = false;
+    var etag = null;
+    var timer = null;
+    var cap = 1000;
+    // New notifications since the cursor, oldest first, from the inbox (newest first).
+    var fetchNew = function (since, latest) {
+      var found = [];
+      var page = function (before) {
+        return rd._request('GET', '/v1/notifications', undefined, {
+          query: { limit: 100, before: before }, signal: ctrl.signal, timeout: 15000,
+        }).then(function (r) {
+          var items = r.body.items || [];
+          var older = false;
+          for (var i = 0; i < items.length; i++) {
+            if (items[i].id <= since) { older = true; break; }
+            found.push(items[i]);
+          }
+          if (older || r.body.next_before == null) return false;
+          if (found.length >= cap) return true; // too many: reset
+          return page(r.body.next_before);
+        });
+      };
+      return page(undefined).then(function (tooMany) {
+        if (stopped) return;
+        if (tooMany) {
+          h.event('reset', { reason: 'gap_too_large' });
+          rd._lastId = Math.max(rd._lastId || 0, latest);
+          rd._saveCursor();
+          return;
+        }
+        found.sort(function (a, b) { return a.id - b.id; });
+        found.forEach(function (n) { h.event('notification', n); });
+      });
+    };
+    var tick = function () {
+      if (stopped) return;
+      rd._request('GET', '/v1/unread', undefined, {
+        headers: etag ? { 'If-None-Match': etag } : undefined, signal: ctrl.signal, timeout: 15000,
+      }).then(function (r) {
+        if (stopped) return undefined;
+        if (r.status === 304) return undefined;
+        etag = r.headers.get('ETag');
+        var u = r.body;
+        var latest = u.latest_id || 0;
+        var step = latest > (rd._lastId || 0) ? fetchNew(rd._lastId || 0, latest) : Promise.resolve();
+        return step.then(function () {
+          if (!stopped) h.event('unread', { count: u.count, by_kind: u.by_kind, as_of: latest });
+        });
+      }).then(function () {
+        if (!stopped) timer = setTimeout(tick, rd.options.pollInterval);
+      }, function (e) {
+        if (!stopped) h.fail(e && e.status === 401 ? 'unauthorized' : 'error');
+      });
+    };
+    tick();
+    return { close: function () { stopped = true; clearTimeout(timer); ctrl.abort(); } };
+  };
+
+  OPENERS.iframe = function (rd, h) {
+    var doc = global.document;
+    var frame = doc.createElement('iframe');
+    var done = false;
+    frame.title = 'Reddot stream';
+    frame.setAttribute('aria-hidden', 'true');
+    frame.tabIndex = -1;
+    // CSSOM properties, not a style attribute: allowed under a strict style-src.
+    frame.style.position = 'absolute';
+    frame.style.width = '0';
+    frame.style.height = '0';
+    frame.style.border = '0';
+    frame.style.visibility = 'hidden';
+    var onMessage = function (e) {
+      if (done || e.origin !== rd.gatewayOrigin || e.source !== frame.contentWindow) return;
+      var m = e.data;
+      if (!m || typeof m !== 'object') return;
+      if (m.type === 'token_expired') { h.fail('token_expired'); return; }
+      if (m.type === 'notification' || m.type === 'unread' || m.type === 'reset') {
+        var copy = {};
+        for (var k in m) if (k !== 'type') copy[k] = m[k];
+        h.event(m.type, copy);
+      }
+    };
+    global.addEventListener('message', onMessage);
+    // The document of a forever-iframe finishes loading only when the stream ends (or
+    // at once, for an error page): either way, this connection is over.
+    frame.addEventListener('load', function () { if (!done) h.fail('error'); });
+    // But a stream cut mid-way (a gateway crash) leaves the document "loading" forever,
+    // and the gateway's keep-alives are HTML comments the page cannot see. So a watchdog
+    // asks the gateway (GET /v1/unread, usually a 304) every `iframeCheckInterval`: no
+    // answer, or a newer notification than the last one received still missing 1.5 s
+    // later, means the stream is dead: reconnect and resume.
+    var etag = null;
+    var latest = 0;      // the gateway's latest id at the last check
+    var missing = null;  // an id the gateway had at the previous check and we had not
+    var watchdog = null;
+    var check = function () {
+      rd._request('GET', '/v1/unread', undefined, {
+        headers: etag ? { 'If-None-Match': etag } : undefined, timeout: 10000, retry401: false,
+      }).then(function (r) {
+        if (done) return;
+        if (r.status === 200) {
+          etag = r.headers.get('ETag');
+          latest = r.body.latest_id || 0;
+        }
+        var have = rd._lastId || 0;
+        if (missing !== null && have < missing) { h.fail('stalled'); return; }
+        missing = latest > have ? latest : null;
+        watchdog = setTimeout(check, missing !== null ? 1500 : rd.options.iframeCheckInterval);
+      }, function (e) {
+        if (!done) h.fail(e && e.status === 401 ? 'unauthorized' : 'error');
+      });
+    };
+    watchdog = setTimeout(check, rd.options.iframeCheckInterval);
+    frame.src = rd._url('/v1/iframe', {
+      access_token: rd.token, origin: global.location.origin, last_event_id: rd._lastId,
+    });
+    (doc.body || doc.documentElement).appendChild(frame);
+    return {
+      close: function () {
+        done = true;
+        clearTimeout(watchdog);
+        global.removeEventListener('message', onMessage);
+        frame.src = 'about:blank';
+        if (frame.parentNode) frame.parentNode.removeChild(frame);
+      },
+    };
+  };
+
+  return Reddot;
+}));

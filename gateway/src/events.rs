@@ -99,3 +99,30 @@ mod tests {
         assert!(frame.ends_with("\n\n"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever a notification holds (newlines, `\r`, NUL, "data:" lines, any
+        /// Unicode), its SSE frame is exactly one event whose data parses back to it.
+        #[test]
+        fn an_sse_frame_is_one_event_whatever_the_content(title in ".*", body in "[\\n\\r\\x00 a-z:]*", id in 1i64..i64::MAX) {
+            let payload = json!({"id": id, "title": title, "body": body});
+            let frame = Event::Notification { id, created_at: 0, json: Arc::from(payload.to_string()) }.sse();
+            prop_assert!(frame.ends_with("\n\n"));
+            let lines: Vec<&str> = frame.trim_end_matches('\n').split('\n').collect();
+            prop_assert_eq!(lines.len(), 3);
+            prop_assert_eq!(lines[0], "event: notification");
+            prop_assert_eq!(lines[1], format!("id: {id}"));
+            prop_assert!(!frame.contains('\r'));
+            let data = lines[2].strip_prefix("data: ").unwrap_or_default();
+            let back: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+            prop_assert_eq!(back, payload);
+        }
+    }
+}

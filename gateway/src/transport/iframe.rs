@@ -1,8 +1,9 @@
 //! `GET /v1/iframe?origin=<page origin>`: the "forever iframe". A chunked HTML page whose
 //! every event is a `<script>` calling `parent.postMessage(<frame>, "<origin>")`, with
 //! the WebSocket frame objects. The target origin must be an allowed origin, never `*`,
-//! so no other page can frame it and read the messages; the page's CSP allows only its
-//! own scripts and only that origin as a parent.
+//! (or the gateway's own), so no other page can frame it and read the messages; the
+//! page's CSP allows only its own scripts and only that origin as a parent. Heartbeats
+//! arrive as `{"type":"ping"}` messages.
 
 use std::convert::Infallible;
 
@@ -34,7 +35,8 @@ pub async fn iframe_stream(
 ) -> Result<HttpResponse, ApiError> {
     let origin = query_param(&req, "origin").unwrap_or_default();
     let origin = origin.trim_end_matches('/').to_owned();
-    if origin.is_empty() || !state.origin_allowed(&origin) {
+    if origin.is_empty() || !(state.origin_allowed(&origin) || super::is_own_origin(&req, &origin))
+    {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "origin must be one of REDDOT_ALLOWED_ORIGINS",
@@ -70,13 +72,15 @@ pub async fn iframe_stream(
                 metrics::histogram!(m::DELIVERY_LATENCY)
                     .record((now_ms() - created_at).max(0) as f64 / 1000.0);
             }
-            let chunk = match event.typed_json() {
-                Some(json) => format!(
-                    "<script nonce=\"{nonce}\">parent.postMessage({}, {target});</script>\n",
-                    script_safe(&json)
-                ),
-                None => "<!-- ping -->\n".to_owned(),
-            };
+            // Heartbeats are posted too: a page cannot see an HTML comment, and a cut
+            // stream raises no event in the parent, so pings are how it notices silence.
+            let json = event
+                .typed_json()
+                .unwrap_or_else(|| r#"{"type":"ping"}"#.to_owned());
+            let chunk = format!(
+                "<script nonce=\"{nonce}\">parent.postMessage({}, {target});</script>\n",
+                script_safe(&json)
+            );
             Some((Ok(Bytes::from(chunk)), (session, None)))
         }
     });

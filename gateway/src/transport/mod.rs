@@ -42,6 +42,12 @@ pub fn resume_cursor(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
     .transpose()
 }
 
+/// Whether `origin` is the gateway's own (the demo page it serves).
+pub fn is_own_origin(req: &HttpRequest, origin: &str) -> bool {
+    let info = req.connection_info();
+    origin == format!("{}://{}", info.scheme(), info.host())
+}
+
 impl From<OpenError> for ApiError {
     fn from(err: OpenError) -> Self {
         match err {

@@ -50,7 +50,7 @@ pub async fn ws_stream(
         .get(header::ORIGIN)
         .and_then(|o| o.to_str().ok())
         && !state.origin_allowed(origin)
-        && !same_origin(&req, origin)
+        && !super::is_own_origin(&req, origin)
     {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
@@ -94,11 +94,6 @@ pub async fn ws_stream(
         closed,
     ));
     Ok(response)
-}
-
-fn same_origin(req: &HttpRequest, origin: &str) -> bool {
-    let info = req.connection_info();
-    origin == format!("{}://{}", info.scheme(), info.host())
 }
 
 async fn write_events(

@@ -370,3 +370,68 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Any JSON value: strings with newlines, `\r`, NUL and any Unicode, deep nesting.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            ".{0,40}".prop_map(Value::String),
+            "[\\n\\r\\x00a-z/.@:-]{0,20}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("to".to_owned()),
+                        Just("users".to_owned()),
+                        Just("all".to_owned()),
+                        Just("title".to_owned()),
+                        Just("data".to_owned()),
+                        Just("kind".to_owned()),
+                        ".{0,8}".prop_map(|s| s)
+                    ],
+                    inner,
+                    0..8
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever the body, validation either accepts it or answers a 4xx, never panics.
+        #[test]
+        fn validation_never_panics_and_only_refuses_with_4xx(body in json()) {
+            if let Err(e) = validate(&body, 1_795_420_800_000) {
+                prop_assert!(e.code.status().is_client_error(), "{e}");
+            }
+        }
+
+        /// An accepted notification holds no NUL, only valid recipients, and a bounded title.
+        #[test]
+        fn accepted_notifications_respect_every_rule(
+            users in prop::collection::vec("[A-Za-z0-9_.:@-]{1,10}|.{0,5}", 1..5),
+            title in ".{0,210}",
+        ) {
+            let body = serde_json::json!({"to": {"users": users}, "title": title});
+            if let Ok(n) = validate(&body, 1_795_420_800_000) {
+                prop_assert!(!n.title.contains('\0'));
+                prop_assert!((1..=MAX_TITLE_CHARS).contains(&n.title.chars().count()));
+                prop_assert!(!n.users.is_empty());
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+// Every transport, in the real demo page: a posted notification reaches the badge and
+// the open inbox within 1 s; reading it there and on "another device" clears the badge.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  launchBrowser, withStack, openDemo, waitState, waitBadge, badgeText, received,
+} from './harness.mjs';
+
+let browser;
+before(async () => { browser = await launchBrowser(); });
+after(async () => { await browser?.close(); });
+
+for (const transport of ['sse', 'ws', 'longpoll', 'poll', 'iframe']) {
+  test(`${transport}: a posted notification shows in the badge and the inbox within 1 s`, async () => {
+    await withStack({}, async (stack) => {
+      const user = `user-${transport}`;
+      const context = await browser.newContext();
+      try {
+        // Something already in the inbox before the page opens.
+        const old = await stack.notify(user, 'Older news');
+        const page = await openDemo(context, stack, await stack.token(user), { transport, poll_ms: '300' });
+        await waitState(page);
+        assert.equal((await page.evaluate(() => window.demo.rd.status)).transport, transport);
+        await waitBadge(page, '1');
+        await page.click('#bell');
+        await page.waitForSelector(`#list .item[data-id="${old.id}"]`);
+
+        const started = Date.now();
+        const created = await stack.notify(user, `Hello over ${transport}`);
+        await page.waitForFunction((id) => {
+          const b = document.getElementById('badge');
+          const item = document.querySelector(`#list .item.unread[data-id="${id}"]`);
+          return !b.hidden && b.textContent === '2' && item && item.textContent.includes('Hello over');
+        }, created.id, { timeout: 3000, polling: 10 });
+        const elapsed = Date.now() - started;
+        assert.ok(elapsed < 1000, `${transport}: shown after ${elapsed} ms`);
+        assert.deepEqual(await received(page), [created.id]);
+        assert.match(await page.textContent('#announcer'), /Hello over/);
+
+        // Mark read in the inbox: the item loses its bold, the badge goes down.
+        await page.click(`#list .item[data-id="${created.id}"] .mark`);
+        await waitBadge(page, '1');
+        assert.equal(await page.locator(`#list .item.unread[data-id="${created.id}"]`).count(), 0);
+
+        // Read on another device (straight to the gateway): pushed to the page, except
+        // that long polling only rereads the count every 15 s.
+        if (transport !== 'longpoll') {
+          const res = await fetch(`${stack.gatewayUrl}/v1/notifications/read`, {
+            method: 'POST',
+            headers: { authorization: `Bearer ${await stack.token(user)}`, 'content-type': 'application/json' },
+            body: JSON.stringify({ all: true }),
+          });
+          assert.equal(res.status, 200);
+          await waitBadge(page, '', 2000);
+        }
+        assert.deepEqual(page.errors, []);
+      } finally {
+        await context.close();
+      }
+    });
+  });
+}
+
+test('auto starts with SSE', async () => {
+  await withStack({}, async (stack) => {
+    const context = await browser.newContext();
+    try {
+      const page = await openDemo(context, stack, await stack.token('auto-user'));
+      await waitState(page);
+      assert.equal(await page.evaluate(() => window.demo.rd.status.transport), 'sse');
+      assert.equal(await badgeText(page), '');
+      await stack.notify('auto-user', 'Auto');
+      await waitBadge(page, '1', 2000);
+      // The switcher reconnects over the chosen transport, and nothing is lost meanwhile.
+      await page.selectOption('#transport', 'ws');
+      await page.waitForFunction(() => window.demo.rd.status.transport === 'ws' && window.demo.rd.status.state === 'open');
+      await stack.notify('auto-user', 'After switching');
+      await waitBadge(page, '2', 2000);
+      assert.equal(new Set(await received(page)).size, 2);
+    } finally {
+      await context.close();
+    }
+  });
+});
