@@ -50,7 +50,7 @@ async fn deploy(backend: Backend, gateway: bool) -> anyhow::Result<Deploy> {
     let db = TestDb::new(backend).await?;
     let vhost = Vhost::new().await?;
     let env = Env::new(&db.url, &vhost.url())
-        .with("RUST_LOG", "warn")
+        .with("RUST_LOG", "warn,reddot_producer::startup=info,reddot_gateway::startup=info")
         .with("REDDOT_MAX_SESSIONS_PER_USER", "100000");
     let producer = Service::start(ServiceKind::Producer, &env).await?;
     let gateway = if gateway {

@@ -4,4 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod faults;
+mod gateway_auth;
+mod gateway_bindings;
+mod gateway_fanout;
+mod gateway_faults;
+mod gateway_framing;
+mod gateway_resume;
+mod gateway_ws;
+mod helpers;
+mod ordering;
+mod producer_api;
 mod publishing;
