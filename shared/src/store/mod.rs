@@ -109,29 +109,42 @@ impl TryFrom<NotificationRow> for Notification {
     }
 }
 
-/// Builds a statement for the connection's backend.
+/// Builds a statement for the connection's backend. On SQLite, `$N` becomes `?N`: both
+/// bind by number, but SQLite's parser resolves each *named* (`$`) parameter by scanning
+/// the ones before it. (No SQL here has a `$` inside a string literal.)
 pub fn stmt(
     db: &impl ConnectionTrait,
     sql: &str,
     values: impl IntoIterator<Item = Value>,
 ) -> Statement {
-    Statement::from_sql_and_values(db.get_database_backend(), sql, values)
+    let backend = db.get_database_backend();
+    if backend == DbBackend::Sqlite {
+        Statement::from_sql_and_values(backend, sql.replace('$', "?"), values)
+    } else {
+        Statement::from_sql_and_values(backend, sql, values)
+    }
 }
 
-/// `($1, $2, …), (…)` for `rows` rows of `cols` values, numbered from `first`.
-pub fn placeholders(rows: usize, cols: usize, first: usize) -> String {
-    let mut out = String::with_capacity(rows * cols * 5);
+/// `(?, ?, …), (…)` for `rows` rows of `cols` values: the values clause of a multi-row
+/// insert whose only parameters these are. Anonymous `?`, not `$N`: sqlx asks SQLite for
+/// the name of every parameter, and SQLite finds a name by walking the list of named
+/// ones, which makes thousands of named parameters quadratic to bind. (PostgreSQL gets
+/// `$N`, which is what it understands.)
+pub fn placeholders(backend: DbBackend, rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 6);
     for r in 0..rows {
-        if r > 0 {
-            out.push_str(", ");
-        }
-        out.push('(');
+        out.push_str(if r > 0 { ", (" } else { "(" });
         for c in 0..cols {
             if c > 0 {
                 out.push_str(", ");
             }
-            out.push('$');
-            out.push_str(&(first + r * cols + c).to_string());
+            match backend {
+                DbBackend::Sqlite => out.push('?'),
+                _ => {
+                    out.push('$');
+                    out.push_str(&(1 + r * cols + c).to_string());
+                }
+            }
         }
         out.push(')');
     }
@@ -159,7 +172,11 @@ mod tests {
 
     #[test]
     fn placeholders_are_numbered_row_by_row() {
-        assert_eq!(placeholders(2, 3, 1), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(
+            placeholders(DbBackend::Postgres, 2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(placeholders(DbBackend::Sqlite, 2, 2), "(?, ?), (?, ?)");
         assert_eq!(list(3, 4), "$4, $5, $6");
     }
 }

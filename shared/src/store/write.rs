@@ -170,7 +170,7 @@ async fn insert_rows<const N: usize>(
     for chunk in rows.chunks(MAX_PARAMS / N) {
         let sql = format!(
             "INSERT INTO {table_and_columns} VALUES {}",
-            placeholders(chunk.len(), N, 1)
+            placeholders(txn.get_database_backend(), chunk.len(), N)
         );
         let values = chunk.iter().flat_map(|r| r.iter().cloned());
         txn.execute_raw(stmt(txn, &sql, values)).await?;
