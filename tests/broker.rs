@@ -91,6 +91,8 @@ pub struct Received {
     pub id: i64,
     pub users: Vec<String>,
     pub json: serde_json::Value,
+    /// Wall-clock milliseconds when the consumer got it.
+    pub received_at_ms: i64,
 }
 
 /// A queue bound to both exchanges (direct for `users`), recording deliveries.
@@ -157,6 +159,7 @@ impl TestConsumer {
                         id: n.id,
                         users: n.users.clone(),
                         json,
+                        received_at_ms: chrono::Utc::now().timestamp_millis(),
                     });
                 }
             }

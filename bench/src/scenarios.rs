@@ -50,7 +50,10 @@ async fn deploy(backend: Backend, gateway: bool) -> anyhow::Result<Deploy> {
     let db = TestDb::new(backend).await?;
     let vhost = Vhost::new().await?;
     let env = Env::new(&db.url, &vhost.url())
-        .with("RUST_LOG", "warn,reddot_producer::startup=info,reddot_gateway::startup=info")
+        .with(
+            "RUST_LOG",
+            "warn,reddot_producer::startup=info,reddot_gateway::startup=info",
+        )
         .with("REDDOT_MAX_SESSIONS_PER_USER", "100000");
     let producer = Service::start(ServiceKind::Producer, &env).await?;
     let gateway = if gateway {
@@ -71,10 +74,6 @@ fn name(b: Backend) -> &'static str {
         Backend::Sqlite => "SQLite",
         Backend::Postgres => "PostgreSQL",
     }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// Producer throughput: accepted notifications/s with the outbox keeping up.
@@ -131,7 +130,7 @@ pub async fn produce(opts: &Opts) -> anyhow::Result<()> {
                     r.json["created_at"].as_str().unwrap_or_default(),
                 )
                 .unwrap_or_default();
-                lag.record(((now_ms() - created).max(0) * 1000) as u64)?;
+                lag.record(((r.received_at_ms - created).max(0) * 1000) as u64)?;
                 *seen.entry(r.id).or_insert(0) += 1;
             }
             let lost = ids.iter().filter(|id| !seen.contains_key(id)).count();

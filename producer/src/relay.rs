@@ -41,6 +41,7 @@ pub struct Relay {
     /// Whether the last publish attempt reached RabbitMQ (for `/readyz`).
     pub amqp_ok: Arc<AtomicBool>,
     pub holder: String,
+    pub writer: crate::writer::Writer,
 }
 
 struct Link {
@@ -117,7 +118,7 @@ impl Relay {
                 Ok(()) => {
                     self.amqp_ok.store(true, Ordering::Relaxed);
                     backoff.reset();
-                    if let Err(err) = outbox::mark_published(&self.db, &pending.ids).await {
+                    if let Err(err) = self.mark_published(&pending.ids).await {
                         // Published but not marked: the next round publishes them again,
                         // which gateways absorb as duplicates.
                         tracing::warn!(error = %err, "could not mark published rows");
@@ -159,6 +160,17 @@ impl Relay {
             Err(_) => {}
         }
         Ok(())
+    }
+
+    /// Deletes confirmed rows through the writer (see `crate::writer`), or directly once
+    /// the writer has stopped (the final flush at shutdown).
+    async fn mark_published(&self, ids: &[i64]) -> Result<(), reddot_shared::store::StoreError> {
+        match self.writer.mark_published(ids.to_vec()).await {
+            Err(reddot_shared::store::StoreError::WriterGone) => {
+                outbox::mark_published(&self.db, ids).await
+            }
+            other => other,
+        }
     }
 
     /// Waits for a wake-up, the delay, or shutdown.

@@ -65,6 +65,7 @@ impl Application {
             wake: relay_wake,
             poll: settings.relay_poll,
             amqp_ok: amqp_ok.clone(),
+            writer: writer.clone(),
             holder: format!(
                 "{}-{}-{}",
                 settings.node_id,

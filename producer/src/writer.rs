@@ -1,6 +1,10 @@
 //! The database writer: one task that takes validated notifications from the API
 //! handlers, commits them in batches (see `reddot_shared::store::write`) and wakes the
 //! relay. Handlers await their own outcome, so a 201 is only sent after the commit.
+//!
+//! The relay's "these rows are published" deletes go through here too, into the next
+//! batch: on SQLite a second writer in the same process would lose the single write lock
+//! to this task's back-to-back transactions and let the outbox lag for seconds.
 
 use std::sync::Arc;
 
@@ -18,7 +22,11 @@ const MAX_BATCH: usize = 256;
 const MAX_BATCH_RECIPIENTS: usize = 50_000;
 
 type Done = oneshot::Sender<Result<Outcome, StoreError>>;
-type Job = (WriteRequest, Done);
+
+enum Job {
+    Write(WriteRequest, Done),
+    Published(Vec<i64>, oneshot::Sender<Result<(), StoreError>>),
+}
 
 /// The handle API handlers use.
 #[derive(Clone)]
@@ -31,7 +39,17 @@ impl Writer {
     pub async fn write(&self, req: WriteRequest) -> Result<Outcome, StoreError> {
         let (done, outcome) = oneshot::channel();
         self.tx
-            .send((req, done))
+            .send(Job::Write(req, done))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        outcome.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Deletes confirmed outbox rows with the next batch.
+    pub async fn mark_published(&self, ids: Vec<i64>) -> Result<(), StoreError> {
+        let (done, outcome) = oneshot::channel();
+        self.tx
+            .send(Job::Published(ids, done))
             .await
             .map_err(|_| StoreError::WriterGone)?;
         outcome.await.map_err(|_| StoreError::WriterGone)?
@@ -54,31 +72,43 @@ impl WriterTask {
     /// still commits what was already queued, so accepted requests finish.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut requests: Vec<WriteRequest> = Vec::with_capacity(MAX_BATCH);
-        let mut waiting = Vec::with_capacity(MAX_BATCH);
+        let mut waiting: Vec<Done> = Vec::with_capacity(MAX_BATCH);
+        let mut published: Vec<i64> = Vec::new();
+        let mut published_waiting = Vec::new();
         loop {
             let first = tokio::select! {
                 job = self.rx.recv() => job,
                 () = shutdown.cancelled() => { self.rx.close(); self.rx.recv().await }
             };
-            let Some((req, done)) = first else {
-                return Ok(());
-            };
-            let mut recipients = req.notification.users.len();
-            requests.push(req);
-            waiting.push(done);
-            while requests.len() < MAX_BATCH && recipients < MAX_BATCH_RECIPIENTS {
-                let Ok((req, done)) = self.rx.try_recv() else {
-                    break;
-                };
-                recipients += req.notification.users.len();
-                requests.push(req);
-                waiting.push(done);
+            let Some(first) = first else { return Ok(()) };
+            let mut recipients = 0;
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Write(req, done) => {
+                        recipients += req.notification.users.len();
+                        requests.push(req);
+                        waiting.push(done);
+                    }
+                    Job::Published(ids, done) => {
+                        published.extend(ids);
+                        published_waiting.push(done);
+                    }
+                }
+                if requests.len() < MAX_BATCH && recipients < MAX_BATCH_RECIPIENTS {
+                    next = self.rx.try_recv().ok();
+                }
             }
-            match commit_batch(&self.db, &requests).await {
+            match commit_batch(&self.db, &requests, &published).await {
                 Ok(outcomes) => {
-                    self.relay_wake.notify_one();
+                    if !requests.is_empty() {
+                        self.relay_wake.notify_one();
+                    }
                     for (done, outcome) in waiting.drain(..).zip(outcomes) {
                         let _ = done.send(Ok(outcome));
+                    }
+                    for done in published_waiting.drain(..) {
+                        let _ = done.send(Ok(()));
                     }
                 }
                 Err(err) => {
@@ -86,9 +116,13 @@ impl WriterTask {
                     for done in waiting.drain(..) {
                         let _ = done.send(Err(clone_error(&err)));
                     }
+                    for done in published_waiting.drain(..) {
+                        let _ = done.send(Err(clone_error(&err)));
+                    }
                 }
             }
             requests.clear();
+            published.clear();
         }
     }
 }

@@ -79,9 +79,12 @@ pub enum Outcome {
 }
 
 /// Stores a batch in one transaction; outcomes are in request order.
+/// Also deletes the outbox rows in `published` (confirmed by the broker) in the same
+/// transaction.
 pub async fn commit_batch(
     db: &DatabaseConnection,
     batch: &[WriteRequest],
+    published: &[i64],
 ) -> Result<Vec<Outcome>, StoreError> {
     let txn = db
         .begin_with_options(TransactionOptions {
@@ -157,6 +160,9 @@ pub async fn commit_batch(
     )
     .await?;
     insert_rows(&txn, "outbox (notification_id, created_at)", outbox_rows).await?;
+    for chunk in published.chunks(1000) {
+        super::outbox::mark_published(&txn, chunk).await?;
+    }
     txn.commit().await?;
     Ok(outcomes)
 }
