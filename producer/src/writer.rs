@@ -24,7 +24,7 @@ const MAX_BATCH_RECIPIENTS: usize = 50_000;
 type Done = oneshot::Sender<Result<Outcome, StoreError>>;
 
 enum Job {
-    Write(WriteRequest, Done),
+    Write(Box<WriteRequest>, Done),
     Published(Vec<i64>, oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -39,7 +39,7 @@ impl Writer {
     pub async fn write(&self, req: WriteRequest) -> Result<Outcome, StoreError> {
         let (done, outcome) = oneshot::channel();
         self.tx
-            .send(Job::Write(req, done))
+            .send(Job::Write(Box::new(req), done))
             .await
             .map_err(|_| StoreError::WriterGone)?;
         outcome.await.map_err(|_| StoreError::WriterGone)?
@@ -87,7 +87,7 @@ impl WriterTask {
                 match job {
                     Job::Write(req, done) => {
                         recipients += req.notification.users.len();
-                        requests.push(req);
+                        requests.push(*req);
                         waiting.push(done);
                     }
                     Job::Published(ids, done) => {
