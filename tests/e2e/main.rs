@@ -10,6 +10,7 @@ mod gateway_bindings;
 mod gateway_fanout;
 mod gateway_faults;
 mod gateway_framing;
+mod gateway_inbox;
 mod gateway_resume;
 mod gateway_ws;
 mod helpers;
