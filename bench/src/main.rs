@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
     raise_fd_limit();
     let Some(scenario) = args.first() else {
         bail!(
-            "usage: reddot-bench <produce|latency|idle|broadcast|all> [--quick] [--db sqlite|postgres]"
+            "usage: reddot-bench <produce|targeted|broadcast|idle|poll|all> [--quick] [--db sqlite|postgres]"
         );
     };
     let opts = scenarios::Opts {
@@ -35,10 +35,12 @@ async fn main() -> anyhow::Result<()> {
         "latency" | "targeted" => scenarios::latency(&opts).await,
         "idle" => scenarios::idle(&opts).await,
         "broadcast" => scenarios::broadcast(&opts).await,
+        "poll" => scenarios::poll(&opts).await,
         "all" => {
             scenarios::produce(&opts).await?;
             scenarios::latency(&opts).await?;
             scenarios::broadcast(&opts).await?;
+            scenarios::poll(&opts).await?;
             scenarios::idle(&opts).await
         }
         other => bail!("unknown scenario {other}"),

@@ -445,3 +445,113 @@ async fn broker_memory() -> Option<i64> {
         .ok()?;
     v.get(0)?.get("mem_used")?.as_i64()
 }
+
+/// Short polling: `/v1/unread` requests/s with and without `If-None-Match`, and the
+/// latency of one unread count for a user with 10,000 notifications and 100 broadcasts.
+pub async fn poll(opts: &Opts) -> anyhow::Result<()> {
+    let (history, broadcasts, secs, clients) = if opts.quick {
+        (1000, 10, 2, 16)
+    } else {
+        (10_000, 100, 5, 32)
+    };
+    let backend = opts.backend();
+    let d = deploy(backend, true).await?;
+    let gateway = d.gateway.as_ref().expect("gateway");
+    let http = reqwest::Client::new();
+    // One request with all recipients would be one notification; the history needs many.
+    let batch: Vec<_> = (0..history).collect();
+    for chunk in batch.chunks(500) {
+        let posts = chunk.iter().map(|i| {
+            let http = http.clone();
+            let body = json!({"to": {"users": ["heavy", format!("other{}", i % 7)]}, "kind": if i % 3 == 0 { "comment" } else { "like" }, "title": "history"});
+            let producer = &d.producer;
+            async move { send_notification(&http, producer, &body, None).await }
+        });
+        join_all(posts).await;
+    }
+    for _ in 0..broadcasts {
+        send_notification(
+            &http,
+            &d.producer,
+            &json!({"to": {"all": true}, "title": "b"}),
+            None,
+        )
+        .await?;
+    }
+    let token = clients::mint("heavy", 3600);
+    let url = gateway.url("/v1/unread");
+    let mut one = report::new_histogram();
+    let mut etag = String::new();
+    for _ in 0..200 {
+        let t0 = Instant::now();
+        let res = http.get(&url).bearer_auth(&token).send().await?;
+        etag = res
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body: Value = res.json().await?;
+        one.record(t0.elapsed().as_micros().max(1) as u64)?;
+        anyhow::ensure!(
+            body["count"].as_i64() == Some((history + broadcasts) as i64),
+            "unexpected count {body}"
+        );
+    }
+    let mut rows = Vec::new();
+    let mut results = Vec::new();
+    for conditional in [false, true] {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let tasks = (0..clients).map(|_| {
+            let (http, url, token, etag) = (http.clone(), url.clone(), token.clone(), etag.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let mut req = http.get(&url).bearer_auth(&token);
+                    if conditional {
+                        req = req.header("If-None-Match", &etag);
+                    }
+                    if let Ok(res) = req.send().await {
+                        let ok = res.status().as_u16() == if conditional { 304 } else { 200 };
+                        let _ = res.bytes().await;
+                        n += u64::from(ok);
+                    }
+                }
+                n
+            })
+        });
+        let total: u64 = join_all(tasks)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap_or(0))
+            .sum();
+        let rate = total as f64 / secs as f64;
+        let label = if conditional {
+            "with If-None-Match (304)"
+        } else {
+            "without (200)"
+        };
+        rows.push(vec![
+            name(backend).into(),
+            label.into(),
+            format!("{rate:.0}"),
+        ]);
+        results
+            .push(json!({"db": name(backend), "conditional": conditional, "requests_per_s": rate}));
+    }
+    report::table(
+        &format!(
+            "poll — /v1/unread, {clients} clients, {secs} s; one user with {history} notifications and {broadcasts} live broadcasts"
+        ),
+        &["database", "request", "requests/s"],
+        &rows,
+    );
+    println!(
+        "\nunread count latency (one request, sequential): p50 {:.2} ms, p99 {:.2} ms",
+        report::ms(&one, 0.5),
+        report::ms(&one, 0.99)
+    );
+    results.push(json!({"unread_latency_p50_ms": report::ms(&one, 0.5), "unread_latency_p99_ms": report::ms(&one, 0.99)}));
+    report::json("poll", Value::Array(results));
+    Ok(())
+}
