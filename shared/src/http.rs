@@ -153,3 +153,43 @@ pub fn healthcheck(addr: &str) -> bool {
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
+
+/// CSP sources (`'sha256-…'`) for every attribute-less inline `open … close` block of
+/// `page` (e.g. `<script>` … `</script>`), or `'none'`: pages served by Reddot allow
+/// their own inline script and style by hash, so an injected one would not run.
+pub fn inline_hashes(page: &str, open: &str, close: &str) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let mut sources = Vec::new();
+    let mut rest = page;
+    while let Some(start) = rest.find(open) {
+        let after = &rest[start + open.len()..];
+        let Some(end) = after.find(close) else { break };
+        let digest = Sha256::digest(&after.as_bytes()[..end]);
+        sources.push(format!(
+            "'sha256-{}'",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        ));
+        rest = &after[end + close.len()..];
+    }
+    if sources.is_empty() {
+        "'none'".to_owned()
+    } else {
+        sources.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_blocks_are_allowed_by_their_sha256() {
+        // printf 'alert(1)' | openssl dgst -sha256 -binary | base64
+        assert_eq!(
+            inline_hashes("<p><script>alert(1)</script>", "<script>", "</script>"),
+            "'sha256-bhHHL3z2vDgxUt0W3dWQOrprscmda2Y5pLsLg4GF+pI='"
+        );
+        assert_eq!(inline_hashes("<p>", "<style>", "</style>"), "'none'");
+    }
+}
