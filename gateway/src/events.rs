@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use reddot_shared::{domain::Notification, store::inbox::Unread};
+use reddot_shared::{domain::Notification, metrics as m, store::inbox::Unread, time::now_ms};
 use serde_json::json;
 
 #[derive(Debug, Clone)]
@@ -28,6 +28,15 @@ impl Event {
             id: n.id,
             created_at: n.created_at,
             json: Arc::from(n.to_json()),
+        }
+    }
+
+    /// Counts a notification written to a client and its latency since it was created.
+    pub fn record_delivery(&self, transport: &'static str) {
+        if let Event::Notification { created_at, .. } = self {
+            metrics::counter!(m::DELIVERIES, "transport" => transport).increment(1);
+            metrics::histogram!(m::DELIVERY_LATENCY)
+                .record((now_ms() - created_at).max(0) as f64 / 1000.0);
         }
     }
 

@@ -13,16 +13,11 @@ use actix_web::{
     web::{self, Bytes},
 };
 use futures_util::stream as body_stream;
-use reddot_shared::{
-    error::{ApiError, ErrorCode},
-    metrics as m,
-    time::now_ms,
-};
+use reddot_shared::error::{ApiError, ErrorCode};
 
 use super::resume_cursor;
 use crate::{
     auth::{AuthUser, query_param},
-    events::Event,
     session::Session,
     state::GatewayState,
 };
@@ -67,11 +62,7 @@ pub async fn iframe_stream(
                 return Some((Ok::<_, Infallible>(Bytes::from(p)), (session, None)));
             }
             let event = session.next().await?;
-            if let Event::Notification { created_at, .. } = &event {
-                metrics::counter!(m::DELIVERIES, "transport" => "iframe").increment(1);
-                metrics::histogram!(m::DELIVERY_LATENCY)
-                    .record((now_ms() - created_at).max(0) as f64 / 1000.0);
-            }
+            event.record_delivery("iframe");
             // Heartbeats are posted too: a page cannot see an HTML comment, and a cut
             // stream raises no event in the parent, so pings are how it notices silence.
             let json = event

@@ -11,10 +11,10 @@ use actix_web::{
     web::{self, Bytes},
 };
 use futures_util::stream as body_stream;
-use reddot_shared::{error::ApiError, metrics as m, time::now_ms};
+use reddot_shared::error::ApiError;
 
 use super::{RETRY_MS, resume_cursor};
-use crate::{auth::AuthUser, events::Event, session::Session, state::GatewayState};
+use crate::{auth::AuthUser, session::Session, state::GatewayState};
 
 #[get("/v1/stream")]
 pub async fn sse_stream(
@@ -39,11 +39,7 @@ pub async fn sse_stream(
             ));
         }
         let event = session.next().await?;
-        if let Event::Notification { created_at, .. } = &event {
-            metrics::counter!(m::DELIVERIES, "transport" => "sse").increment(1);
-            metrics::histogram!(m::DELIVERY_LATENCY)
-                .record((now_ms() - created_at).max(0) as f64 / 1000.0);
-        }
+        event.record_delivery("sse");
         Some((Ok(Bytes::from(event.sse())), (session, false)))
     });
     Ok(HttpResponse::Ok()

@@ -16,7 +16,6 @@ use actix_ws::{CloseCode, CloseReason};
 use reddot_shared::{
     domain::UserId,
     error::{ApiError, ErrorCode},
-    metrics as m,
     time::now_ms,
 };
 use serde::Deserialize;
@@ -113,27 +112,19 @@ async fn write_events(
                 description: Some("reconnect and resume".into()),
             };
         };
-        match &event {
-            Event::Heartbeat => {
-                if now_ms() - last_heard.load(Ordering::Relaxed) > SILENCE_LIMIT.as_millis() as i64
-                {
-                    break CloseReason {
-                        code: CloseCode::Policy,
-                        description: Some("no frame for 45 s".into()),
-                    };
-                }
-                if ws.ping(b"").await.is_err() {
-                    return;
-                }
-                continue;
+        if matches!(event, Event::Heartbeat) {
+            if now_ms() - last_heard.load(Ordering::Relaxed) > SILENCE_LIMIT.as_millis() as i64 {
+                break CloseReason {
+                    code: CloseCode::Policy,
+                    description: Some("no frame for 45 s".into()),
+                };
             }
-            Event::Notification { created_at, .. } => {
-                metrics::counter!(m::DELIVERIES, "transport" => "ws").increment(1);
-                metrics::histogram!(m::DELIVERY_LATENCY)
-                    .record((now_ms() - created_at).max(0) as f64 / 1000.0);
+            if ws.ping(b"").await.is_err() {
+                return;
             }
-            _ => {}
+            continue;
         }
+        event.record_delivery("ws");
         if let Some(text) = event.typed_json()
             && ws.text(text).await.is_err()
         {
