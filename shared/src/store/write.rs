@@ -4,6 +4,8 @@
 //! gap-free. Batching many requests into one transaction pays that serialization and the
 //! commit's fsync once per batch instead of once per request.
 
+use std::collections::HashMap;
+
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, SqliteTransactionMode, TransactionOptions,
     TransactionTrait, Value,
@@ -78,6 +80,14 @@ pub enum Outcome {
     KeyReused,
 }
 
+/// What a request of a batch turns into, before its notification is written.
+enum Settled {
+    New,
+    Done(Outcome),
+    /// A repeat, within the batch, of the request at this index.
+    SameAs(usize),
+}
+
 /// Stores a batch in one transaction; outcomes are in request order.
 /// Also deletes the outbox rows in `published` (confirmed by the broker) in the same
 /// transaction.
@@ -97,50 +107,71 @@ pub async fn commit_batch(
             .await?;
     }
     let now = now_ms();
-    let mut outcomes = Vec::with_capacity(batch.len());
-    let mut recipient_rows: Vec<[Value; 6]> = Vec::new();
-    let mut outbox_rows: Vec<[Value; 2]> = Vec::new();
 
-    for req in batch {
-        if let Some(claim) = &req.idempotency
-            && let Some(earlier) = find_idempotent(&txn, claim, now).await?
-        {
-            outcomes.push(earlier);
+    // Settle every Idempotency-Key first (also against earlier requests of this batch),
+    // so that the ids of the new notifications can be taken in one go.
+    let mut settled: Vec<Settled> = Vec::with_capacity(batch.len());
+    let mut claimed_here: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, req) in batch.iter().enumerate() {
+        let Some(claim) = &req.idempotency else {
+            settled.push(Settled::New);
+            continue;
+        };
+        let scoped_key = (claim.scope.as_str(), claim.key.as_str());
+        settled.push(match claimed_here.get(&scoped_key) {
+            Some(&first) => {
+                let same_body = batch[first]
+                    .idempotency
+                    .as_ref()
+                    .is_some_and(|c| c.request_hash == claim.request_hash);
+                if same_body {
+                    Settled::SameAs(first)
+                } else {
+                    Settled::Done(Outcome::KeyReused)
+                }
+            }
+            None => match find_idempotent(&txn, claim, now).await? {
+                Some(earlier) => Settled::Done(earlier),
+                None => {
+                    claimed_here.insert(scoped_key, i);
+                    Settled::New
+                }
+            },
+        });
+    }
+
+    let new = settled.iter().filter(|s| matches!(s, Settled::New)).count();
+    let mut ids = allocate_ids(&txn, new).await?.into_iter();
+    let mut notification_rows: Vec<NewRow> = Vec::with_capacity(new);
+    let mut recipient_rows: Vec<NewRecipient> = Vec::new();
+    let mut claims: Vec<(&IdempotencyClaim, Created)> = Vec::new();
+    for (req, slot) in batch.iter().zip(settled.iter_mut()) {
+        if !matches!(slot, Settled::New) {
             continue;
         }
+        let id = ids
+            .next()
+            .ok_or_else(|| StoreError::Corrupt("fewer ids allocated than asked".into()))?;
         let n = &req.notification;
         let recipients = (n.audience == Audience::User).then_some(n.users.len() as i64);
-        let row = txn
-            .query_one_raw(stmt(
-                &txn,
-                "INSERT INTO notifications (kind, title, body, data, sender, audience, recipients, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-                [
-                    n.kind.as_str().into(),
-                    n.title.clone().into(),
-                    n.body.clone().into(),
-                    n.data.clone().into(),
-                    n.sender.clone().into(),
-                    n.audience.as_str().into(),
-                    recipients.into(),
-                    now.into(),
-                    n.expires_at.into(),
-                ],
-            ))
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("insert returned no id".into()))?;
-        let id: i64 = row.try_get("", "id")?;
-        for user in &n.users {
-            recipient_rows.push([
-                user.as_str().into(),
-                id.into(),
-                0i16.into(),
-                n.kind.as_str().into(),
-                n.expires_at.into(),
-                super::state::UNREAD.into(),
-            ]);
-        }
-        outbox_rows.push([id.into(), now.into()]);
+        notification_rows.push(NewRow {
+            id,
+            kind: n.kind.as_str(),
+            title: &n.title,
+            body: &n.body,
+            data: &n.data,
+            sender: n.sender.as_deref(),
+            audience: n.audience.as_str(),
+            recipients,
+            created_at: now,
+            expires_at: n.expires_at,
+        });
+        recipient_rows.extend(n.users.iter().map(|user| NewRecipient {
+            user_id: user.as_str(),
+            notification_id: id,
+            kind: n.kind.as_str(),
+            expires_at: n.expires_at,
+        }));
         let created = Created {
             id,
             created_at: now,
@@ -148,23 +179,193 @@ pub async fn commit_batch(
             recipients,
         };
         if let Some(claim) = &req.idempotency {
-            remember_idempotent(&txn, claim, &created, now).await?;
+            claims.push((claim, created.clone()));
         }
-        outcomes.push(Outcome::Created(created));
+        *slot = Settled::Done(Outcome::Created(created));
     }
 
-    insert_rows(
-        &txn,
-        "recipients (user_id, notification_id, broadcast, kind, expires_at, state)",
-        recipient_rows,
-    )
-    .await?;
-    insert_rows(&txn, "outbox (notification_id, created_at)", outbox_rows).await?;
-    for chunk in published.chunks(1000) {
-        super::outbox::mark_published(&txn, chunk).await?;
+    if is_postgres(&txn) {
+        write_rows_postgres(&txn, &notification_rows, &recipient_rows, published).await?;
+    } else {
+        insert_rows(
+            &txn,
+            "notifications (id, kind, title, body, data, sender, audience, recipients, created_at, expires_at)",
+            notification_rows.iter().map(NewRow::values).collect(),
+        )
+        .await?;
+        insert_rows(
+            &txn,
+            "recipients (user_id, notification_id, broadcast, kind, expires_at, state)",
+            recipient_rows.iter().map(NewRecipient::values).collect(),
+        )
+        .await?;
+        insert_rows(
+            &txn,
+            "outbox (notification_id, created_at)",
+            notification_rows
+                .iter()
+                .map(|n| [n.id.into(), n.created_at.into()])
+                .collect(),
+        )
+        .await?;
+        for chunk in published.chunks(1000) {
+            super::outbox::mark_published(&txn, chunk).await?;
+        }
+    }
+    for (claim, created) in &claims {
+        remember_idempotent(&txn, claim, created, now).await?;
     }
     txn.commit().await?;
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
+    for s in settled {
+        outcomes.push(match s {
+            Settled::Done(outcome) => outcome,
+            Settled::SameAs(first) => match &outcomes[first] {
+                Outcome::Created(created) => Outcome::Replay {
+                    status: 201,
+                    body: serde_json::to_string(created)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                },
+                earlier => earlier.clone(),
+            },
+            Settled::New => return Err(StoreError::Corrupt("request left unwritten".into())),
+        });
+    }
     Ok(outcomes)
+}
+
+/// Takes `n` ascending notification ids. Called under the insert lock, so nobody else
+/// takes ids meanwhile and commit order stays id order.
+async fn allocate_ids(txn: &impl ConnectionTrait, n: usize) -> Result<Vec<i64>, StoreError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let count = i64::try_from(n).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if is_postgres(txn) {
+        let rows = txn
+            .query_all_raw(stmt(
+                txn,
+                "SELECT nextval(pg_get_serial_sequence('notifications', 'id')) AS id FROM generate_series(1, $1)",
+                [count.into()],
+            ))
+            .await?;
+        let mut ids = rows
+            .iter()
+            .map(|r| r.try_get::<i64>("", "id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.sort_unstable();
+        return Ok(ids);
+    }
+    // SQLite: AUTOINCREMENT keeps the highest id ever used in sqlite_sequence (never
+    // reused, even after the clean-up deleted that row); inserting explicit ids above it
+    // advances it. The IMMEDIATE transaction holds the write lock.
+    let row = txn
+        .query_one_raw(stmt(
+            txn,
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'notifications'), 0) AS last",
+            [],
+        ))
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("no sqlite_sequence answer".into()))?;
+    let last: i64 = row.try_get("", "last")?;
+    Ok((last + 1..=last + count).collect())
+}
+
+/// A `notifications` row to insert.
+#[derive(Serialize)]
+struct NewRow<'a> {
+    id: i64,
+    kind: &'a str,
+    title: &'a str,
+    body: &'a str,
+    data: &'a str,
+    sender: Option<&'a str>,
+    audience: &'a str,
+    recipients: Option<i64>,
+    created_at: i64,
+    expires_at: Option<i64>,
+}
+
+impl NewRow<'_> {
+    fn values(&self) -> [Value; 10] {
+        [
+            self.id.into(),
+            self.kind.into(),
+            self.title.into(),
+            self.body.into(),
+            self.data.into(),
+            self.sender.into(),
+            self.audience.into(),
+            self.recipients.into(),
+            self.created_at.into(),
+            self.expires_at.into(),
+        ]
+    }
+}
+
+/// An unread `recipients` row of a targeted notification.
+#[derive(Serialize)]
+struct NewRecipient<'a> {
+    user_id: &'a str,
+    notification_id: i64,
+    kind: &'a str,
+    expires_at: Option<i64>,
+}
+
+impl NewRecipient<'_> {
+    fn values(&self) -> [Value; 6] {
+        [
+            self.user_id.into(),
+            self.notification_id.into(),
+            0i16.into(),
+            self.kind.into(),
+            self.expires_at.into(),
+            super::state::UNREAD.into(),
+        ]
+    }
+}
+
+/// PostgreSQL: the whole batch — notifications, recipients, outbox rows, and deleting
+/// the rows the relay published — in one statement of fixed text, the rows passed as
+/// JSON. Inside the insert lock every round trip is paid by every producer, and a
+/// multi-row `VALUES` list would be a new statement text (parse, plan) per batch size.
+async fn write_rows_postgres(
+    txn: &impl ConnectionTrait,
+    notifications: &[NewRow<'_>],
+    recipients: &[NewRecipient<'_>],
+    published: &[i64],
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "WITH n AS (\
+           INSERT INTO notifications (id, kind, title, body, data, sender, audience, recipients, created_at, expires_at) \
+           SELECT id, kind, title, body, data, sender, audience, recipients, created_at, expires_at \
+           FROM jsonb_to_recordset($1::jsonb) AS x(id bigint, kind text, title text, body text, data text, \
+             sender text, audience text, recipients bigint, created_at bigint, expires_at bigint)), \
+         r AS (\
+           INSERT INTO recipients (user_id, notification_id, broadcast, kind, expires_at, state) \
+           SELECT user_id, notification_id, 0, kind, expires_at, {unread} \
+           FROM jsonb_to_recordset($2::jsonb) AS x(user_id text, notification_id bigint, kind text, expires_at bigint)), \
+         o AS (\
+           INSERT INTO outbox (notification_id, created_at) \
+           SELECT id, created_at FROM jsonb_to_recordset($1::jsonb) AS x(id bigint, created_at bigint)) \
+         DELETE FROM outbox WHERE notification_id IN (SELECT value::bigint FROM jsonb_array_elements_text($3::jsonb))",
+        unread = super::state::UNREAD
+    );
+    txn.execute_raw(stmt(
+        txn,
+        &sql,
+        [
+            to_json(notifications)?.into(),
+            to_json(recipients)?.into(),
+            to_json(published)?.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// Multi-row `INSERT`, chunked under the bound-parameter limit.
