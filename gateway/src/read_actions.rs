@@ -14,6 +14,7 @@ pub async fn mark_read(state: &GatewayState, user: &UserId, ids: &[i64]) -> Resu
     match read_state::mark_read(&state.db, user, ids, now_ms()).await? {
         Change::Done(n) => {
             if n > 0 {
+                state.unread_cache.invalidate(user);
                 state.publisher.read_state_changed(user).await;
             }
             Ok(n)
@@ -25,6 +26,7 @@ pub async fn mark_read(state: &GatewayState, user: &UserId, ids: &[i64]) -> Resu
 pub async fn mark_all_read(state: &GatewayState, user: &UserId) -> Result<u64, ApiError> {
     let n = read_state::mark_all_read(&state.db, user, now_ms()).await?;
     if n > 0 {
+        state.unread_cache.invalidate(user);
         state.publisher.read_state_changed(user).await;
     }
     Ok(n)
@@ -33,6 +35,7 @@ pub async fn mark_all_read(state: &GatewayState, user: &UserId) -> Result<u64, A
 pub async fn delete(state: &GatewayState, user: &UserId, id: i64) -> Result<(), ApiError> {
     match read_state::delete(&state.db, user, id, now_ms()).await? {
         Change::Done(_) => {
+            state.unread_cache.invalidate(user);
             state.publisher.read_state_changed(user).await;
             Ok(())
         }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     amqp::Consumer, hub::Hub, publisher::Publisher, routes, session::SessionCtx,
-    state::GatewayState, transport,
+    state::GatewayState, transport, unread_cache::UnreadCache,
 };
 
 pub struct Application {
@@ -63,6 +63,12 @@ impl Application {
         let consumer = tokio::spawn(consumer.run(shutdown.child_token()));
         let pool = amqp::create_pool(&settings.amqp_url).context("REDDOT_AMQP_URL")?;
 
+        let unread_cache = UnreadCache::new(
+            db.clone(),
+            hub.clone(),
+            settings.poll_cache_linger,
+            shutdown.clone(),
+        );
         let state = web::Data::new(GatewayState {
             db: db.clone(),
             jwt_secret: settings.jwt_secret.clone(),
@@ -77,6 +83,7 @@ impl Application {
             allowed_origins: settings.allowed_origins.clone(),
             amqp_connected,
             publisher: Publisher::new(pool),
+            unread_cache,
         });
         let listener = TcpListener::bind(&settings.gateway_addr)
             .with_context(|| format!("binding REDDOT_GATEWAY_ADDR={}", settings.gateway_addr))?;

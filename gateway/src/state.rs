@@ -5,7 +5,7 @@ use std::sync::{Arc, atomic::AtomicBool};
 use reddot_shared::config::Secret;
 use sea_orm::DatabaseConnection;
 
-use crate::{publisher::Publisher, session::SessionCtx};
+use crate::{publisher::Publisher, session::SessionCtx, unread_cache::UnreadCache};
 
 pub struct GatewayState {
     pub db: DatabaseConnection,
@@ -14,6 +14,7 @@ pub struct GatewayState {
     pub allowed_origins: Vec<String>,
     pub amqp_connected: Arc<AtomicBool>,
     pub publisher: Publisher,
+    pub unread_cache: Arc<UnreadCache>,
 }
 
 impl GatewayState {

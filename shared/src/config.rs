@@ -73,6 +73,9 @@ pub struct Settings {
     pub heartbeat: Duration,
     pub max_sessions_per_user: usize,
     pub max_connections: usize,
+    /// How long the gateway keeps watching a short-polling user after her last poll, so
+    /// that unchanged polls are answered from memory (0 turns the cache off).
+    pub poll_cache_linger: Duration,
 }
 
 /// Development values used under `REDDOT_DEV=1` only.
@@ -199,6 +202,7 @@ impl Settings {
             heartbeat: Duration::from_secs(number(&get, "REDDOT_HEARTBEAT_SECS", 15)?),
             max_sessions_per_user: number(&get, "REDDOT_MAX_SESSIONS_PER_USER", 64)?,
             max_connections: number(&get, "REDDOT_MAX_CONNECTIONS", 100_000)?,
+            poll_cache_linger: Duration::from_secs(number(&get, "REDDOT_POLL_CACHE_SECS", 60)?),
         })
     }
 

@@ -516,6 +516,130 @@ async fn short_polling_unread_answers_304_until_something_changes() -> anyhow::R
     Ok(())
 }
 
+/// `GET /v1/unread` with `If-None-Match: etag`.
+async fn unread_if_none_match(
+    stack: &Stack,
+    gw: &Gateway,
+    token: &str,
+    etag: &str,
+) -> anyhow::Result<Answer> {
+    let req = stack
+        .http
+        .get(gw.url("/v1/unread"))
+        .bearer_auth(token)
+        .header(header::IF_NONE_MATCH, etag);
+    Answer::from(req.send().await?).await
+}
+
+fn etag_of(answer: &Answer) -> anyhow::Result<String> {
+    Ok(answer
+        .headers
+        .get(header::ETAG)
+        .ok_or_else(|| anyhow::anyhow!("no ETag in {answer:?}"))?
+        .to_str()?
+        .to_owned())
+}
+
+/// Unchanged polls are answered from the gateway's memory; this checks that a `304`
+/// never hides a notification the producer acknowledged before the poll, over many
+/// rounds on both databases (each round: cached 304, then a post, then at once a poll).
+#[tokio::test]
+async fn short_polling_never_answers_304_after_a_new_notification() -> anyhow::Result<()> {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let stack = Stack::start(backend).await?;
+        let gw = Gateway::start(&stack, "node-a").await?;
+        let token = stack.token("carol").await?;
+        let mut etag = etag_of(&get(&stack, &gw, &token, "/v1/unread").await?)?;
+        for round in 1..=15i64 {
+            let title = format!("round {round}");
+            let body = if round % 3 == 0 {
+                to_all(&title)
+            } else {
+                to_users(&["carol", "dave"], &title)
+            };
+            // Twice unchanged: the second is surely answered from the cache.
+            for _ in 0..2 {
+                let same = unread_if_none_match(&stack, &gw, &token, &etag).await?;
+                assert_eq!(
+                    same.status,
+                    StatusCode::NOT_MODIFIED,
+                    "round {round}: {same:?}"
+                );
+            }
+            let id = stack.notify(&body).await?;
+            let changed = unread_if_none_match(&stack, &gw, &token, &etag).await?;
+            assert_eq!(
+                changed.status,
+                StatusCode::OK,
+                "{backend:?} round {round}: a 304 hid notification {id}"
+            );
+            assert_eq!(changed.json["count"], round, "{backend:?} round {round}");
+            assert_eq!(changed.json["latest_id"], id);
+            etag = etag_of(&changed)?;
+        }
+    }
+    Ok(())
+}
+
+/// A read on another node reaches a poller's cached view through the broker's
+/// read-state event; an expiring broadcast ends a cached view at its `expires_at`.
+#[tokio::test]
+async fn short_polling_sees_reads_on_other_nodes_and_expiry() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let a = Gateway::start(&stack, "node-a").await?;
+    let b = Gateway::start(&stack, "node-b").await?;
+    let token = stack.token("erin").await?;
+    let id = stack
+        .notify(&to_users(&["erin"], "read me elsewhere"))
+        .await?;
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(6);
+    let expires_at = expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    stack
+        .notify(&json!({"to": {"all": true}, "kind": "flash", "title": "gone soon", "expires_at": expires_at}))
+        .await?;
+
+    let first = eventually(DELIVERY, "a cached view on node a", || async {
+        let answer = get(&stack, &a, &token, "/v1/unread").await?;
+        let etag = etag_of(&answer)?;
+        let again = unread_if_none_match(&stack, &a, &token, &etag).await?;
+        Ok((again.status == StatusCode::NOT_MODIFIED).then_some((answer.json, etag)))
+    })
+    .await?;
+    assert_eq!(first.0["count"], 2, "{}", first.0);
+
+    let read = mark_read(&stack, &b, &token, &json!({"ids": [id]})).await?;
+    assert_eq!(read.status, StatusCode::OK, "{read:?}");
+    let after_read = eventually(
+        Duration::from_secs(5),
+        "node a sees the read on node b",
+        || async {
+            let answer = unread_if_none_match(&stack, &a, &token, &first.1).await?;
+            Ok((answer.status == StatusCode::OK).then_some(answer))
+        },
+    )
+    .await?;
+    assert_eq!(after_read.json["count"], 1, "{}", after_read.json);
+    let etag = etag_of(&after_read)?;
+    assert_eq!(
+        unread_if_none_match(&stack, &a, &token, &etag)
+            .await?
+            .status,
+        StatusCode::NOT_MODIFIED
+    );
+
+    tokio::time::sleep_until(
+        Instant::now()
+            + Duration::from_millis(
+                u64::try_from((expires - chrono::Utc::now()).num_milliseconds()).unwrap_or(0) + 50,
+            ),
+    )
+    .await;
+    let expired = unread_if_none_match(&stack, &a, &token, &etag).await?;
+    assert_eq!(expired.status, StatusCode::OK, "{expired:?}");
+    assert_eq!(expired.json["count"], 0, "{}", expired.json);
+    Ok(())
+}
+
 /// Reads an iframe stream until `done` holds for the body so far, failing after `timeout`.
 async fn read_iframe_until(
     res: &mut reqwest::Response,

@@ -1,9 +1,9 @@
 //! `GET /v1/unread`: short polling. The answer carries an `ETag` derived from its
 //! content; a client sending it back in `If-None-Match` gets `304` while nothing changed.
+//! A matching `If-None-Match` is answered from the `UnreadCache` without counting again.
 
 use actix_web::{HttpRequest, HttpResponse, get, http::header, web};
-use reddot_shared::{error::ApiError, store::inbox, time::now_ms};
-use sha2::{Digest, Sha256};
+use reddot_shared::error::ApiError;
 
 use crate::{auth::AuthUser, state::GatewayState};
 
@@ -13,30 +13,36 @@ pub async fn unread(
     req: HttpRequest,
     state: web::Data<GatewayState>,
 ) -> Result<HttpResponse, ApiError> {
-    let u = inbox::unread(&state.db, &auth.user, now_ms()).await?;
-    let body = inbox::unread_view(&u).to_string();
-    let etag = format!(
-        "\"{}\"",
-        hex::encode(&Sha256::digest(body.as_bytes())[..12])
-    );
-    let matches = req
+    let client_tag = req
         .headers()
         .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
+        .and_then(|v| v.to_str().ok());
+    let matches = |etag: &str| {
+        client_tag.is_some_and(|v| {
             v.split(',')
                 .any(|tag| tag.trim().trim_start_matches("W/") == etag || tag.trim() == "*")
-        });
-    let mut res = if matches {
-        HttpResponse::NotModified()
-    } else {
-        HttpResponse::Ok()
+        })
     };
-    res.insert_header((header::ETAG, etag))
-        .insert_header((header::CACHE_CONTROL, "no-cache"));
-    Ok(if matches {
-        res.finish()
-    } else {
-        res.content_type("application/json").body(body)
-    })
+    if client_tag.is_some()
+        && let Some(view) = state.unread_cache.cached(&auth.user).await?
+        && matches(&view.etag)
+    {
+        return Ok(not_modified(&view.etag));
+    }
+    let view = state.unread_cache.load(&auth.user).await?;
+    if matches(&view.etag) {
+        return Ok(not_modified(&view.etag));
+    }
+    Ok(HttpResponse::Ok()
+        .insert_header((header::ETAG, view.etag))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .content_type("application/json")
+        .body(view.body.to_string()))
+}
+
+fn not_modified(etag: &str) -> HttpResponse {
+    HttpResponse::NotModified()
+        .insert_header((header::ETAG, etag))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .finish()
 }

@@ -150,6 +150,57 @@ pub async fn unread(
     Ok(out)
 }
 
+/// The highest notification ids that concern `user`: her newest recipient row and the
+/// newest broadcast. Two index lookups. Ids only grow, so while neither moved nothing
+/// new was committed for her (reading or deleting a broadcast adds a row, which moves
+/// it too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromQueryResult)]
+pub struct Watermark {
+    pub targeted: Option<i64>,
+    pub broadcast: Option<i64>,
+}
+
+pub async fn watermark(db: &impl ConnectionTrait, user: &UserId) -> Result<Watermark, StoreError> {
+    Watermark::find_by_statement(stmt(
+        db,
+        "SELECT (SELECT MAX(notification_id) FROM recipients WHERE user_id = $1) AS targeted, \
+         (SELECT MAX(id) FROM notifications WHERE audience = 'all') AS broadcast",
+        [user.as_str().into()],
+    ))
+    .one(db)
+    .await?
+    .ok_or_else(|| StoreError::Corrupt("watermark query returned no row".into()))
+}
+
+/// The next moment something the user may see expires, which changes her counts or her
+/// `latest_id`: a cached unread view is good until then. Deliberately broad (read rows
+/// and every broadcast count too): expiring early only costs a recomputation.
+pub async fn next_expiry(
+    db: &impl ConnectionTrait,
+    user: &UserId,
+    now_ms: i64,
+) -> Result<Option<i64>, StoreError> {
+    let row = db
+        .query_one_raw(stmt(
+            db,
+            &format!(
+                "SELECT MIN(e) AS e FROM (\
+                 SELECT MIN(r.expires_at) AS e FROM recipients r \
+                 WHERE r.user_id = $1 AND r.state <> {deleted} AND r.broadcast = 0 AND r.expires_at > $2 \
+                 UNION ALL \
+                 SELECT MIN(n.expires_at) AS e FROM notifications n \
+                 WHERE n.audience = 'all' AND n.expires_at > $2) t",
+                deleted = state::DELETED
+            ),
+            [user.as_str().into(), now_ms.into()],
+        ))
+        .await?;
+    Ok(match row {
+        Some(row) => row.try_get::<Option<i64>>("", "e")?,
+        None => None,
+    })
+}
+
 /// Inbox filters, parsed at the edge.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {

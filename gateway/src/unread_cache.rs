@@ -1,0 +1,234 @@
+//! Short polling answered from memory. Counting a user's unread notifications is an
+//! index range scan over her rows; a poll that finds nothing new (`If-None-Match`
+//! matching, `304`) should not pay it. So a
+//! polled user joins the hub like a session (the node binds her routing key), and her
+//! last unread view stays cached until anything arrives for her — a notification, a
+//! broadcast, a read-state change from any node, a broker reconnect — or until the next
+//! of her notifications expires. She leaves the hub once nobody polled for `linger`.
+//!
+//! A view is only cached when it was read from the database while the binding was in
+//! place and nothing arrived during the read (a generation counter), the same
+//! "bind first, then read" rule that makes resumes gap-free. A hit is also checked
+//! against the user's watermark (her highest notification ids, two index lookups), so a
+//! `304` never hides a notification committed before the request, even one still on its
+//! way through the broker. What only the broker tells — a read on another node — shows
+//! as soon as its event arrives (milliseconds).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use reddot_shared::{
+    domain::UserId,
+    store::{StoreError, inbox},
+    time::now_ms,
+};
+use sea_orm::DatabaseConnection;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Hub, Membership};
+
+/// Events queued for a watcher; it drains at once, so a few suffice.
+const WATCH_BUFFER: usize = 16;
+
+/// One unread answer: its JSON body and the `ETag` derived from it.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub etag: String,
+    pub body: Arc<str>,
+}
+
+impl View {
+    fn new(u: &inbox::Unread) -> View {
+        let body = inbox::unread_view(u).to_string();
+        let etag = format!(
+            "\"{}\"",
+            hex::encode(&Sha256::digest(body.as_bytes())[..12])
+        );
+        View {
+            etag,
+            body: body.into(),
+        }
+    }
+}
+
+pub struct UnreadCache {
+    db: DatabaseConnection,
+    hub: Arc<Hub>,
+    linger: Duration,
+    users: Mutex<HashMap<String, Arc<Watched>>>,
+    shutdown: CancellationToken,
+}
+
+struct Watched {
+    /// Bumped by everything that may change the view.
+    generation: AtomicU64,
+    last_poll_ms: AtomicI64,
+    bound: watch::Receiver<bool>,
+    cached: Mutex<Option<Cached>>,
+}
+
+struct Cached {
+    generation: u64,
+    /// The user's watermark read before the view.
+    mark: inbox::Watermark,
+    view: View,
+    valid_until_ms: Option<i64>,
+}
+
+impl Watched {
+    fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        *lock(&self.cached) = None;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl UnreadCache {
+    pub fn new(
+        db: DatabaseConnection,
+        hub: Arc<Hub>,
+        linger: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            db,
+            hub,
+            linger,
+            users: Mutex::new(HashMap::new()),
+            shutdown,
+        })
+    }
+
+    /// The user's cached view, if nothing changed since it was read. Hub events (from
+    /// the broker) invalidate it; since a notification committed a moment ago may not
+    /// have reached this node yet, a hit is also checked against the user's watermark in
+    /// the database (two index lookups instead of counting her rows).
+    pub async fn cached(self: &Arc<Self>, user: &UserId) -> Result<Option<View>, StoreError> {
+        let now = now_ms();
+        let Some(watched) = self.watch(user, now) else {
+            return Ok(None);
+        };
+        let generation = watched.generation.load(Ordering::Acquire);
+        let hit = lock(&watched.cached)
+            .as_ref()
+            .filter(|c| c.generation == generation && c.valid_until_ms.is_none_or(|t| now < t))
+            .map(|c| (c.view.clone(), c.mark));
+        let Some((view, mark)) = hit else {
+            return Ok(None);
+        };
+        Ok((inbox::watermark(&self.db, user).await? == mark).then_some(view))
+    }
+
+    /// Reads the user's view from the database and caches it for her next polls.
+    pub async fn load(self: &Arc<Self>, user: &UserId) -> Result<View, StoreError> {
+        let now = now_ms();
+        let watched = self.watch(user, now);
+        // Read the generation and the watermark before the view: anything arriving or
+        // committed during the read then keeps this view from being trusted.
+        let generation = watched
+            .as_ref()
+            .filter(|w| *w.bound.borrow())
+            .map(|w| w.generation.load(Ordering::Acquire));
+        let mark = match generation {
+            Some(_) => Some(inbox::watermark(&self.db, user).await?),
+            None => None,
+        };
+        let view = View::new(&inbox::unread(&self.db, user, now).await?);
+        if let (Some(w), Some(generation), Some(mark)) = (watched, generation, mark) {
+            let valid_until_ms = inbox::next_expiry(&self.db, user, now).await?;
+            let mut cached = lock(&w.cached);
+            if w.generation.load(Ordering::Acquire) == generation {
+                *cached = Some(Cached {
+                    generation,
+                    mark,
+                    view: view.clone(),
+                    valid_until_ms,
+                });
+            }
+        }
+        Ok(view)
+    }
+
+    /// Drops the user's cached view: her read state changed on this node (the broker's
+    /// read-state event would do it too, a moment later; her next poll must not wait).
+    pub fn invalidate(&self, user: &UserId) {
+        if let Some(w) = lock(&self.users).get(user.as_str()) {
+            w.invalidate();
+        }
+    }
+
+    /// The user's watcher, started on her first poll; `None` when the cache is off or
+    /// the node has no room for another hub member.
+    fn watch(self: &Arc<Self>, user: &UserId, now: i64) -> Option<Arc<Watched>> {
+        if self.linger.is_zero() || self.shutdown.is_cancelled() {
+            return None;
+        }
+        let mut users = lock(&self.users);
+        if let Some(w) = users.get(user.as_str()) {
+            w.last_poll_ms.store(now, Ordering::Relaxed);
+            return Some(w.clone());
+        }
+        let membership = match self.hub.join(user, WATCH_BUFFER) {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::debug!(error = %err, "short poll not cached");
+                return None;
+            }
+        };
+        let watched = Arc::new(Watched {
+            generation: AtomicU64::new(0),
+            last_poll_ms: AtomicI64::new(now),
+            bound: membership.bound.clone(),
+            cached: Mutex::new(None),
+        });
+        users.insert(user.as_str().to_owned(), watched.clone());
+        tokio::spawn(
+            self.clone()
+                .follow(user.as_str().to_owned(), membership, watched.clone()),
+        );
+        Some(watched)
+    }
+
+    /// Invalidates the user's view on every hub event until she stops polling.
+    async fn follow(self: Arc<Self>, user: String, mut membership: Membership, w: Arc<Watched>) {
+        let linger_ms = i64::try_from(self.linger.as_millis()).unwrap_or(i64::MAX);
+        loop {
+            let idle_for = now_ms() - w.last_poll_ms.load(Ordering::Relaxed);
+            if idle_for >= linger_ms {
+                break;
+            }
+            let wait = Duration::from_millis(u64::try_from(linger_ms - idle_for).unwrap_or(0));
+            tokio::select! {
+                msg = membership.rx.recv() => match msg {
+                    Some(_) => w.invalidate(),
+                    // Dropped by the hub: stop caching rather than risk a stale view.
+                    None => break,
+                },
+                changed = membership.bound.changed() => match changed {
+                    Ok(()) => w.invalidate(),
+                    Err(_) => break,
+                },
+                () = tokio::time::sleep(wait) => {}
+                () = self.shutdown.cancelled() => break,
+            }
+        }
+        let mut users = lock(&self.users);
+        if users.get(&user).is_some_and(|cur| Arc::ptr_eq(cur, &w)) {
+            users.remove(&user);
+        }
+        w.invalidate();
+        drop(users);
+        drop(membership);
+    }
+}
