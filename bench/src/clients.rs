@@ -119,3 +119,50 @@ pub async fn ws(
         }
     }))
 }
+
+/// Sends `GET path` back to back on one keep-alive connection until `deadline`; returns
+/// how many answers had status `want`. Hand-rolled so the load generator spends as
+/// little of the shared CPU as possible per request.
+pub async fn get_loop(
+    port: u16,
+    n: usize,
+    path: &str,
+    extra_headers: &str,
+    want: u16,
+    deadline: Instant,
+) -> anyhow::Result<u64> {
+    let stream = connect(port, n).await?;
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::with_capacity(8192, read);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra_headers}\r\n");
+    let (mut ok, mut line, mut body) = (0u64, String::new(), Vec::new());
+    while Instant::now() < deadline {
+        write.write_all(request.as_bytes()).await?;
+        line.clear();
+        reader.read_line(&mut line).await?;
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_default();
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).await? == 0 {
+                anyhow::bail!("connection closed mid-answer");
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or_default();
+            }
+        }
+        body.resize(length, 0);
+        reader.read_exact(&mut body).await?;
+        ok += u64::from(status == want);
+    }
+    Ok(ok)
+}

@@ -2,7 +2,7 @@
 //! gateway, on the local RabbitMQ and PostgreSQL or SQLite. Each prints a markdown
 //! table and a JSON line; a run that loses or duplicates a delivery fails.
 //!
-//! `cargo run --release -p reddot-bench -- <scenario> [--quick] [--db sqlite|postgres]`
+//! `cargo run --release -p reddot-bench -- <scenario> [--quick] [--db sqlite|postgres] [--clients N]`
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -20,15 +20,21 @@ async fn main() -> anyhow::Result<()> {
         .windows(2)
         .find(|w| w[0] == "--db")
         .map(|w| w[1].as_str());
+    let clients = args
+        .windows(2)
+        .find(|w| w[0] == "--clients")
+        .map(|w| w[1].parse::<usize>())
+        .transpose()?;
     raise_fd_limit();
     let Some(scenario) = args.first() else {
         bail!(
-            "usage: reddot-bench <produce|targeted|broadcast|idle|poll|all> [--quick] [--db sqlite|postgres]"
+            "usage: reddot-bench <produce|targeted|broadcast|storm|idle|poll|all> [--quick] [--db sqlite|postgres] [--clients N]"
         );
     };
     let opts = scenarios::Opts {
         quick,
         db: db.map(str::to_owned),
+        clients,
     };
     match scenario.as_str() {
         "produce" => scenarios::produce(&opts).await,
@@ -36,10 +42,12 @@ async fn main() -> anyhow::Result<()> {
         "idle" => scenarios::idle(&opts).await,
         "broadcast" => scenarios::broadcast(&opts).await,
         "poll" => scenarios::poll(&opts).await,
+        "storm" => scenarios::storm(&opts).await,
         "all" => {
             scenarios::produce(&opts).await?;
             scenarios::latency(&opts).await?;
             scenarios::broadcast(&opts).await?;
+            scenarios::storm(&opts).await?;
             scenarios::poll(&opts).await?;
             scenarios::idle(&opts).await
         }

@@ -19,6 +19,8 @@ use crate::{clients, report};
 pub struct Opts {
     pub quick: bool,
     pub db: Option<String>,
+    /// Concurrent HTTP clients of `produce` and `poll`.
+    pub clients: Option<usize>,
 }
 
 impl Opts {
@@ -79,7 +81,7 @@ fn name(b: Backend) -> &'static str {
 /// Producer throughput: accepted notifications/s with the outbox keeping up.
 pub async fn produce(opts: &Opts) -> anyhow::Result<()> {
     let secs = if opts.quick { 2 } else { 10 };
-    let clients = 32;
+    let clients = opts.clients.unwrap_or(32);
     let mut rows = Vec::new();
     let mut results = Vec::new();
     for backend in opts.backends() {
@@ -181,19 +183,168 @@ async fn open_sse(
     n: usize,
 ) -> anyhow::Result<(mpsc::UnboundedReceiver<clients::Received>, f64)> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (_, rate) = open_sse_from(port, n, &HashMap::new(), tx).await?;
+    Ok((rx, rate))
+}
+
+/// Opens one SSE session per user u0..u{n}, resuming user `i` from `resume[i]` if given;
+/// returns the sessions' reader tasks and the connect rate.
+async fn open_sse_from(
+    port: u16,
+    n: usize,
+    resume: &HashMap<usize, i64>,
+    tx: mpsc::UnboundedSender<clients::Received>,
+) -> anyhow::Result<(Vec<tokio::task::JoinHandle<()>>, f64)> {
     let started = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(256));
     let opens = (0..n).map(|i| {
         let (tx, sem) = (tx.clone(), sem.clone());
+        let from = resume.get(&i).copied();
         async move {
             let _permit = sem.acquire().await?;
-            clients::sse(port, i, &clients::mint(&format!("u{i}"), 3600), None, tx).await
+            clients::sse(port, i, &clients::mint(&format!("u{i}"), 3600), from, tx).await
         }
     });
-    for r in join_all(opens).await {
-        r?;
+    let handles = join_all(opens)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((handles, n as f64 / started.elapsed().as_secs_f64()))
+}
+
+/// Sends one notification to every user u0..u{n} (1,000 recipients per request); returns
+/// the ids with the sessions each is for.
+async fn notify_everyone(
+    http: &reqwest::Client,
+    producer: &Service,
+    n: usize,
+) -> anyhow::Result<Vec<(i64, std::ops::Range<usize>)>> {
+    let chunks: Vec<std::ops::Range<usize>> = (0..n)
+        .step_by(1000)
+        .map(|start| start..(start + 1000).min(n))
+        .collect();
+    let posts = chunks.into_iter().map(|range| async move {
+        let users: Vec<String> = range.clone().map(|i| format!("u{i}")).collect();
+        let (status, v) = send_notification(
+            http,
+            producer,
+            &json!({"to": {"users": users}, "title": "storm"}),
+            None,
+        )
+        .await?;
+        anyhow::ensure!(status == 201, "post failed: {v}");
+        Ok((v["id"].as_i64().unwrap_or_default(), range))
+    });
+    join_all(posts).await.into_iter().collect()
+}
+
+/// Every session drops at once, misses 10 notifications, and resumes with its last id:
+/// how long until all are caught up.
+pub async fn storm(opts: &Opts) -> anyhow::Result<()> {
+    let (sessions, missed) = if opts.quick { (200, 10) } else { (10_000, 10) };
+    let backend = opts.backend();
+    let d = deploy(backend, true).await?;
+    let port = d.gateway.as_ref().map(|g| g.port).unwrap_or_default();
+    let http = reqwest::Client::new();
+
+    // Online, each session has seen one notification: that is where it resumes from.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (handles, _) = open_sse_from(port, sessions, &HashMap::new(), tx).await?;
+    let first = notify_everyone(&http, &d.producer, sessions).await?;
+    let mut last_seen: HashMap<usize, i64> = HashMap::with_capacity(sessions);
+    while last_seen.len() < sessions {
+        let Ok(Some((session, id, _))) =
+            tokio::time::timeout(Duration::from_secs(10), rx.recv()).await
+        else {
+            anyhow::bail!(
+                "only {} of {sessions} sessions got the first notification",
+                last_seen.len()
+            );
+        };
+        last_seen.insert(session, id);
     }
-    Ok((rx, n as f64 / started.elapsed().as_secs_f64()))
+    anyhow::ensure!(
+        first
+            .iter()
+            .all(|(id, r)| r.clone().all(|s| last_seen[&s] == *id)),
+        "a session got another user's notification"
+    );
+
+    // All drop at once; meanwhile `missed` notifications reach each user's inbox.
+    for h in handles {
+        h.abort();
+    }
+    drop(rx);
+    let mut expected: HashMap<usize, Vec<i64>> = HashMap::with_capacity(sessions);
+    for _ in 0..missed {
+        for (id, range) in notify_everyone(&http, &d.producer, sessions).await? {
+            for s in range {
+                expected.entry(s).or_default().push(id);
+            }
+        }
+    }
+
+    let started = Instant::now();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (handles, connect_rate) = open_sse_from(port, sessions, &last_seen, tx).await?;
+    let mut got: HashMap<(usize, i64), u32> = HashMap::with_capacity(sessions * missed);
+    let mut caught_up = 0usize;
+    let mut per_session: HashMap<usize, usize> = HashMap::with_capacity(sessions);
+    let mut last = started;
+    while caught_up < sessions {
+        let Ok(Some((session, id, at))) =
+            tokio::time::timeout(Duration::from_secs(10), rx.recv()).await
+        else {
+            break;
+        };
+        let count = got.entry((session, id)).or_default();
+        *count += 1;
+        if *count == 1 && expected.get(&session).is_some_and(|ids| ids.contains(&id)) {
+            let n = per_session.entry(session).or_default();
+            *n += 1;
+            if *n == missed {
+                caught_up += 1;
+                last = at;
+            }
+        }
+    }
+    let elapsed = last.duration_since(started).as_secs_f64();
+    let delivered: usize = per_session.values().sum();
+    let lost = sessions * missed - delivered;
+    let dup: u32 = got.values().map(|n| n - 1).sum();
+    let foreign = got.len() - delivered;
+    for h in handles {
+        h.abort();
+    }
+    report::table(
+        &format!(
+            "storm — {sessions} SSE sessions drop at once and resume after missing {missed} each"
+        ),
+        &[
+            "database",
+            "all caught up after s",
+            "reconnects/s",
+            "replayed",
+            "lost",
+            "dup",
+            "foreign",
+        ],
+        &[vec![
+            name(backend).into(),
+            format!("{elapsed:.2}"),
+            format!("{connect_rate:.0}"),
+            delivered.to_string(),
+            lost.to_string(),
+            dup.to_string(),
+            foreign.to_string(),
+        ]],
+    );
+    let results = vec![
+        json!({"db": name(backend), "sessions": sessions, "missed": missed, "seconds": elapsed,
+        "reconnects_per_s": connect_rate, "lost": lost, "duplicated": dup + foreign as u32}),
+    ];
+    report::json("storm", Value::Array(results.clone()));
+    ensure_clean(&results)
 }
 
 /// End-to-end latency, POST sent → SSE event received, at a fixed rate to random users.
@@ -449,11 +600,12 @@ async fn broker_memory() -> Option<i64> {
 /// Short polling: `/v1/unread` requests/s with and without `If-None-Match`, and the
 /// latency of one unread count for a user with 10,000 notifications and 100 broadcasts.
 pub async fn poll(opts: &Opts) -> anyhow::Result<()> {
-    let (history, broadcasts, secs, clients) = if opts.quick {
+    let (history, broadcasts, secs, default_clients) = if opts.quick {
         (1000, 10, 2, 16)
     } else {
         (10_000, 100, 5, 32)
     };
+    let clients = opts.clients.unwrap_or(default_clients);
     let backend = opts.backend();
     let d = deploy(backend, true).await?;
     let gateway = d.gateway.as_ref().expect("gateway");
@@ -502,29 +654,23 @@ pub async fn poll(opts: &Opts) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for conditional in [false, true] {
         let deadline = Instant::now() + Duration::from_secs(secs);
-        let tasks = (0..clients).map(|_| {
-            let (http, url, token, etag) = (http.clone(), url.clone(), token.clone(), etag.clone());
+        let headers = if conditional {
+            format!("Authorization: Bearer {token}\r\nIf-None-Match: {etag}\r\n")
+        } else {
+            format!("Authorization: Bearer {token}\r\n")
+        };
+        let want = if conditional { 304 } else { 200 };
+        let tasks = (0..clients).map(|i| {
+            let (headers, port) = (headers.clone(), gateway.port);
             tokio::spawn(async move {
-                let mut n = 0u64;
-                while Instant::now() < deadline {
-                    let mut req = http.get(&url).bearer_auth(&token);
-                    if conditional {
-                        req = req.header("If-None-Match", &etag);
-                    }
-                    if let Ok(res) = req.send().await {
-                        let ok = res.status().as_u16() == if conditional { 304 } else { 200 };
-                        let _ = res.bytes().await;
-                        n += u64::from(ok);
-                    }
-                }
-                n
+                clients::get_loop(port, i, "/v1/unread", &headers, want, deadline).await
             })
         });
         let total: u64 = join_all(tasks)
             .await
             .into_iter()
-            .map(|r| r.unwrap_or(0))
-            .sum();
+            .map(|r| r.map_err(anyhow::Error::from).and_then(|r| r))
+            .sum::<anyhow::Result<u64>>()?;
         let rate = total as f64 / secs as f64;
         let label = if conditional {
             "with If-None-Match (304)"
