@@ -7,6 +7,7 @@
 //! Knows nothing of transports.
 
 use std::{
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -15,7 +16,7 @@ use std::{
 };
 
 use anyhow::Context;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt, stream::FuturesOrdered};
 use lapin::{
     Connection, ConnectionProperties,
     options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
@@ -26,7 +27,7 @@ use reddot_shared::{
     backoff::Backoff,
     metrics as m,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{BindCmd, Hub};
@@ -98,9 +99,15 @@ impl Consumer {
             .await
             .context("binding to reddot.broadcast")?;
         let online = self.hub.online();
-        for (user, _) in &online {
-            self.bind(&channel, user).await?;
-        }
+        let users: Vec<String> = online.iter().map(|(user, _)| user.clone()).collect();
+        futures_util::stream::iter(users)
+            .map(|user| {
+                let (channel, queue) = (channel.clone(), self.queue.clone());
+                async move { bind(&channel, &queue, &user).await }
+            })
+            .buffered(MAX_BINDS_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
         // Once a session is told it is bound it counts on this connection: if the
         // connection drops from here on (even before consuming starts, which deletes the
         // exclusive queue with whatever it held), the next one must catch sessions up.
@@ -131,6 +138,11 @@ impl Consumer {
             self.hub.resync_all();
         }
 
+        // Binding changes are pipelined: sent in order on one channel (the broker applies
+        // them in that order), up to MAX_BINDS_IN_FLIGHT awaiting their replies, so a
+        // storm of reconnects neither waits one round trip per user nor holds up
+        // deliveries behind the binds.
+        let mut in_flight: FuturesOrdered<BindRpc> = FuturesOrdered::new();
         loop {
             tokio::select! {
                 biased;
@@ -138,16 +150,27 @@ impl Consumer {
                     let _ = conn.close(200, "gateway stopping".into()).await;
                     return Ok(());
                 }
-                cmd = self.binds.recv() => match cmd {
-                    Some(BindCmd::Bind { user, bound }) => {
-                        self.bind(&channel, &user).await?;
+                done = in_flight.next(), if !in_flight.is_empty() => {
+                    if let Some(Some(bound)) = done.transpose()? {
                         bound.send_replace(true);
                     }
+                }
+                cmd = self.binds.recv(), if in_flight.len() < MAX_BINDS_IN_FLIGHT => match cmd {
+                    Some(BindCmd::Bind { user, bound }) => {
+                        let (channel, queue) = (channel.clone(), self.queue.clone());
+                        in_flight.push_back(Box::pin(async move {
+                            bind(&channel, &queue, &user).await.map(|()| Some(bound))
+                        }));
+                    }
                     Some(BindCmd::Unbind { user }) => {
-                        channel
-                            .queue_unbind(self.queue.as_str().into(), amqp::DIRECT_EXCHANGE.into(), user.as_str().into(), FieldTable::default())
-                            .await
-                            .context("unbinding a user")?;
+                        let (channel, queue) = (channel.clone(), self.queue.clone());
+                        in_flight.push_back(Box::pin(async move {
+                            channel
+                                .queue_unbind(queue.as_str().into(), amqp::DIRECT_EXCHANGE.into(), user.as_str().into(), FieldTable::default())
+                                .await
+                                .context("unbinding a user")
+                                .map(|()| None)
+                        }));
                     }
                     None => return Ok(()),
                 },
@@ -162,17 +185,24 @@ impl Consumer {
             }
         }
     }
+}
 
-    async fn bind(&self, channel: &lapin::Channel, user: &str) -> anyhow::Result<()> {
-        channel
-            .queue_bind(
-                self.queue.as_str().into(),
-                amqp::DIRECT_EXCHANGE.into(),
-                user.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .context("binding a user")
-    }
+/// Binding changes awaiting the broker's reply at once.
+const MAX_BINDS_IN_FLIGHT: usize = 256;
+
+/// A binding change in flight; a bind resolves to the flag its sessions wait on.
+type BindRpc =
+    Pin<Box<dyn Future<Output = anyhow::Result<Option<Arc<watch::Sender<bool>>>>> + Send>>;
+
+async fn bind(channel: &lapin::Channel, queue: &str, user: &str) -> anyhow::Result<()> {
+    channel
+        .queue_bind(
+            queue.into(),
+            amqp::DIRECT_EXCHANGE.into(),
+            user.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("binding a user")
 }

@@ -14,6 +14,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use reddot_shared::{
@@ -58,6 +59,9 @@ pub enum JoinError {
 struct Slot {
     sessions: Vec<(u64, mpsc::Sender<HubMsg>)>,
     bound: Arc<watch::Sender<bool>>,
+    /// When the last session left; the binding goes `unbind_delay` later unless a
+    /// session comes back first.
+    empty_since: Option<Instant>,
 }
 
 pub struct Hub {
@@ -69,6 +73,7 @@ pub struct Hub {
     binder: mpsc::UnboundedSender<BindCmd>,
     max_sessions_per_user: usize,
     max_sessions: usize,
+    unbind_delay: Duration,
 }
 
 /// A session's place in the hub; leaving is its `Drop`.
@@ -87,10 +92,14 @@ impl Drop for Membership {
 }
 
 impl Hub {
+    /// `unbind_delay`: how long a user's binding outlives her last session, so that
+    /// clients reconnecting (a network blip, a node restart elsewhere, a deploy) find
+    /// it in place instead of costing the broker an unbind and a bind each.
     pub fn new(
         binder: mpsc::UnboundedSender<BindCmd>,
         max_sessions_per_user: usize,
         max_sessions: usize,
+        unbind_delay: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -101,6 +110,7 @@ impl Hub {
             binder,
             max_sessions_per_user,
             max_sessions,
+            unbind_delay,
         })
     }
 
@@ -129,6 +139,10 @@ impl Hub {
                 if slot.sessions.len() >= self.max_sessions_per_user {
                     return Err(JoinError::TooManySessions);
                 }
+                if slot.empty_since.take().is_some() {
+                    self.users.fetch_add(1, Ordering::Relaxed);
+                    metrics::gauge!(m::USERS_ONLINE).increment(1.0);
+                }
                 slot
             }
             None => {
@@ -142,6 +156,7 @@ impl Hub {
                 shard.entry(user.as_str().to_owned()).or_insert(Slot {
                     sessions: Vec::new(),
                     bound,
+                    empty_since: None,
                 })
             }
         };
@@ -168,13 +183,34 @@ impl Hub {
         if slot.sessions.len() < before {
             self.sessions.fetch_sub(1, Ordering::Relaxed);
         }
-        if slot.sessions.is_empty() {
-            shard.remove(user);
-            let _ = self.binder.send(BindCmd::Unbind {
-                user: user.to_owned(),
-            });
+        if slot.sessions.is_empty() && slot.empty_since.is_none() {
             self.users.fetch_sub(1, Ordering::Relaxed);
             metrics::gauge!(m::USERS_ONLINE).decrement(1.0);
+            if self.unbind_delay.is_zero() {
+                shard.remove(user);
+                let _ = self.binder.send(BindCmd::Unbind {
+                    user: user.to_owned(),
+                });
+            } else {
+                slot.empty_since = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Removes the bindings of users whose last session left `unbind_delay` ago.
+    /// Called periodically.
+    pub fn sweep(&self) {
+        for shard in &self.shards {
+            let mut shard = Self::lock(shard);
+            shard.retain(|user, slot| {
+                let expired = slot
+                    .empty_since
+                    .is_some_and(|t| t.elapsed() >= self.unbind_delay);
+                if expired {
+                    let _ = self.binder.send(BindCmd::Unbind { user: user.clone() });
+                }
+                !expired
+            });
         }
     }
 

@@ -5,6 +5,7 @@
 use std::{
     net::TcpListener,
     sync::{Arc, atomic::AtomicBool},
+    time::Duration,
 };
 
 use actix_cors::Cors;
@@ -50,7 +51,9 @@ impl Application {
             bind_tx,
             settings.max_sessions_per_user,
             settings.max_connections,
+            settings.unbind_delay,
         );
+        tokio::spawn(sweep_bindings(hub.clone(), shutdown.clone()));
         let boot_id = uuid::Uuid::new_v4().simple().to_string();
         let amqp_connected = Arc::new(AtomicBool::new(false));
         let consumer = Consumer {
@@ -195,4 +198,15 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Drops the bindings of users gone for longer than the unbind delay.
+async fn sweep_bindings(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = every.tick() => hub.sweep(),
+            () = shutdown.cancelled() => return,
+        }
+    }
 }

@@ -76,6 +76,9 @@ pub struct Settings {
     /// How long the gateway keeps watching a short-polling user after her last poll, so
     /// that unchanged polls are answered from memory (0 turns the cache off).
     pub poll_cache_linger: Duration,
+    /// How long a user's `reddot.direct` binding outlives her last session on a node, so
+    /// that reconnecting clients find it in place (0: unbind at once).
+    pub unbind_delay: Duration,
 }
 
 /// Development values used under `REDDOT_DEV=1` only.
@@ -203,6 +206,7 @@ impl Settings {
             max_sessions_per_user: number(&get, "REDDOT_MAX_SESSIONS_PER_USER", 64)?,
             max_connections: number(&get, "REDDOT_MAX_CONNECTIONS", 100_000)?,
             poll_cache_linger: Duration::from_secs(number(&get, "REDDOT_POLL_CACHE_SECS", 60)?),
+            unbind_delay: Duration::from_secs(number(&get, "REDDOT_UNBIND_DELAY_SECS", 5)?),
         })
     }
 
