@@ -14,6 +14,8 @@ pub struct GatewayState {
     pub allowed_origins: Vec<String>,
     pub amqp_connected: Arc<AtomicBool>,
     pub publisher: Publisher,
+    /// The vhost of `REDDOT_AMQP_URL`: the only one MQTT clients are let into.
+    pub mqtt_vhost: String,
 }
 
 impl GatewayState {
