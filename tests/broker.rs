@@ -1,5 +1,6 @@
 //! RabbitMQ for one test: a fresh vhost (through the management API), deleted at the
-//! end, and a consumer that records what the producer published.
+//! end, MQTT logins pointed at it, and a consumer that records what the producer
+//! published.
 
 use std::time::Duration;
 
@@ -68,6 +69,54 @@ impl Vhost {
 impl Drop for Vhost {
     fn drop(&mut self) {
         let url = format!("{MANAGEMENT}/vhosts/{}", self.name);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                reqwest::Client::new()
+                    .delete(url)
+                    .basic_auth("guest", Some("guest"))
+                    .send()
+                    .await
+            })?;
+            anyhow::Ok(())
+        })
+        .join();
+    }
+}
+
+/// MQTT clients of the MQTT and Web-MQTT ports land in one test's vhost while this
+/// lives: RabbitMQ's global `mqtt_port_to_vhost_mapping` (read at every MQTT login) maps
+/// both ports to it. The broker never reads the vhost out of the username (user ids may
+/// contain `:`), so this is how each test keeps its own vhost. One mapping for the whole
+/// broker: MQTT tests run one at a time (they share the auth backend's port as well).
+pub struct MqttVhost {
+    _private: (),
+}
+
+impl MqttVhost {
+    pub async fn route_to(vhost: &Vhost) -> anyhow::Result<Self> {
+        let ports = serde_json::json!({
+            crate::MQTT_PORT.to_string(): vhost.name,
+            crate::WEB_MQTT_PORT.to_string(): vhost.name,
+        });
+        reqwest::Client::new()
+            .put(format!(
+                "{MANAGEMENT}/global-parameters/mqtt_port_to_vhost_mapping"
+            ))
+            .basic_auth("guest", Some("guest"))
+            .json(&serde_json::json!({"name": "mqtt_port_to_vhost_mapping", "value": ports}))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(Self { _private: () })
+    }
+}
+
+impl Drop for MqttVhost {
+    fn drop(&mut self) {
+        let url = format!("{MANAGEMENT}/global-parameters/mqtt_port_to_vhost_mapping");
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

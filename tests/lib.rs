@@ -12,7 +12,7 @@ pub mod gateway;
 pub mod process;
 pub mod proxy;
 
-pub use broker::{TestConsumer, Vhost};
+pub use broker::{MqttVhost, TestConsumer, Vhost};
 pub use database::{Backend, TestDb};
 pub use process::{Env, Service, ServiceKind};
 pub use proxy::Proxy;
@@ -23,6 +23,14 @@ pub const API_KEY: &str = "test-api-key";
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef";
 /// Allowed origin of every test gateway.
 pub const ORIGIN: &str = "http://app.test";
+
+/// Where RabbitMQ's HTTP auth backend asks (`scripts/services` configures the broker):
+/// the gateway of an MQTT test listens here, so MQTT tests run one at a time.
+pub const MQTT_AUTH_ADDR: &str = "127.0.0.1:15690";
+/// RabbitMQ's MQTT listener (1883 is often Mosquitto's).
+pub const MQTT_PORT: u16 = 1884;
+/// RabbitMQ's Web-MQTT listener.
+pub const WEB_MQTT_PORT: u16 = 15675;
 
 /// RabbitMQ as the tests reach it (override with `REDDOT_TEST_AMQP`, host:port).
 pub fn amqp_addr() -> String {

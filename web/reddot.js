@@ -14,6 +14,8 @@
  *   await rd.markRead([id]); await rd.markAllRead(); await rd.remove(id);
  *   await rd.list({ before, limit, unreadOnly, kind });  // {items, next_before, cursor}
  *   rd.setTransport("ws"); rd.setToken(jwt); rd.close();
+ *   // MQTT over RabbitMQ's Web-MQTT plugin (default URL: ws(s)://<gateway host>:15675/ws):
+ *   new Reddot({ gateway, token, transport: "mqtt", mqtt: { url: "wss://mq.example.com/ws" } });
  *
  * Module format — why a plain script: one file has to work both as a classic
  * <script src=".../reddot.js"> and from ES modules, and a file containing `export` is a
@@ -31,7 +33,8 @@
  * - Transports: "sse" (EventSource), "ws" (WebSocket), "longpoll" (GET /v1/poll),
  *   "poll" (GET /v1/unread with ETag, then the inbox for what is new), "iframe" (a hidden
  *   forever-iframe posting messages; the page's origin must be in the gateway's
- *   REDDOT_ALLOWED_ORIGINS) and "auto": SSE, falling back to WebSocket, then long polling,
+ *   REDDOT_ALLOWED_ORIGINS), "mqtt" (MQTT 3.1.1 over RabbitMQ's Web-MQTT, see below) and
+ *   "auto": SSE, falling back to WebSocket, then long polling,
  *   when a transport fails twice while the gateway itself answers. Long polls answer new
  *   notifications only, so that transport rereads the count every 15 s (reads made on
  *   other devices); the iframe cannot see a stream cut mid-way, so a watchdog checks it.
@@ -53,6 +56,15 @@
  *   connection uses the leader's token, getToken and transport (setTransport in any tab
  *   switches it for all); list/markRead/remove are plain requests from each tab. Without
  *   Web Locks or BroadcastChannel (or with `share: false`) each instance connects alone.
+ * - MQTT: a minimal MQTT 3.1.1 client (CONNECT, SUBSCRIBE, PUBLISH QoS 0/1 with PUBACK,
+ *   PINGREQ) that logs in as the user id with the token as password and the client id
+ *   `<user id>/<random>`, and subscribes to `reddot/users/<user id>` and
+ *   `reddot/broadcast`. MQTT cannot resume, so after the SUBACK it catches up through the
+ *   gateway (GET /v1/poll?timeout=0 from the cursor) while holding back what MQTT
+ *   delivers meanwhile, then delivers that, dropping duplicates by id. Reads on other
+ *   devices reach it as with long polling (GET /v1/unread every 15 s). The broker cannot
+ *   end a connection at the token's `exp`, so the client does, and reconnects with a
+ *   fresh token. Not part of "auto": it needs the broker's Web-MQTT port.
  * - The badge: the gateway's `unread` covers ids up to `as_of`; notifications received
  *   with a larger id are not in its count yet. So `badge = count + (received ids > as_of)`,
  *   which the `unread` event carries as `badge` (and is emitted again on each notification).
@@ -67,7 +79,7 @@
 }(typeof globalThis !== 'undefined' ? globalThis : typeof self !== 'undefined' ? self : this, function (global) {
   'use strict';
 
-  var TRANSPORTS = ['sse', 'ws', 'longpoll', 'poll', 'iframe'];
+  var TRANSPORTS = ['sse', 'ws', 'longpoll', 'poll', 'iframe', 'mqtt'];
   var AUTO_ORDER = ['sse', 'ws', 'longpoll'];
   var DEFAULTS = {
     transport: 'auto',
@@ -79,6 +91,7 @@
     openTimeout: 10000,   // ms for a new connection to deliver its first `unread`
     iframeCheckInterval: 5000, // ms between the iframe transport's liveness checks
     failuresBeforeFallback: 2, // auto: failures of one transport before trying the next
+    mqtt: null,           // {url}: the broker's Web-MQTT endpoint, for transport "mqtt"
   };
 
   // ---- small helpers ------------------------------------------------------------
@@ -127,7 +140,9 @@
    * @param {object} options
    * @param {string} [options.gateway]   gateway base URL (default: this page's origin)
    * @param {string} options.token       a gateway JWT (`sub` = user id)
-   * @param {string} [options.transport] auto | sse | ws | longpoll | poll | iframe
+   * @param {string} [options.transport] auto | sse | ws | longpoll | poll | iframe | mqtt
+   * @param {{url: string}} [options.mqtt] Web-MQTT endpoint for "mqtt" (default
+   *        ws(s)://<gateway host>:15675/ws, RabbitMQ's default)
    * @param {function(): (string|Promise<string>)} [options.getToken] called before each
    *        reconnect and after a 401 / token expiry; returns a fresh JWT
    */
@@ -940,6 +955,148 @@
         global.removeEventListener('message', onMessage);
         frame.src = 'about:blank';
         if (frame.parentNode) frame.parentNode.removeChild(frame);
+      },
+    };
+  };
+
+  // MQTT 3.1.1 packets, as much of the protocol as a subscriber needs.
+  var MQTT_KEEPALIVE = 30; // s; PINGREQ every half of it
+
+  function mqttString(s) {
+    var b = new TextEncoder().encode(s);
+    return [b.length >> 8, b.length & 255].concat(Array.from(b));
+  }
+
+  function mqttPacket(first, body) {
+    var len = [];
+    var n = body.length;
+    do { var d = n % 128; n = Math.floor(n / 128); len.push(n > 0 ? d | 128 : d); } while (n > 0);
+    return new Uint8Array([first].concat(len, body));
+  }
+
+  /** Splits complete packets off `buf`: → {packets: [{type, flags, body}], rest}. */
+  function mqttParse(buf) {
+    var packets = [];
+    var at = 0;
+    for (;;) {
+      var len = 0;
+      var mult = 1;
+      var i = at + 1;
+      for (; i < buf.length && i < at + 5; i++) {
+        len += (buf[i] & 127) * mult;
+        mult *= 128;
+        if (!(buf[i] & 128)) break;
+      }
+      if (i >= buf.length || buf.length < i + 1 + len) break;
+      packets.push({ type: buf[at] >> 4, flags: buf[at] & 15, body: buf.subarray(i + 1, i + 1 + len) });
+      at = i + 1 + len;
+    }
+    return { packets: packets, rest: buf.slice(at) };
+  }
+
+  OPENERS.mqtt = function (rd, h) {
+    var base = new URL(rd.gateway);
+    var url = (rd.options.mqtt && rd.options.mqtt.url) ||
+      (base.protocol === 'https:' ? 'wss://' : 'ws://') + base.hostname + ':15675/ws';
+    var ws = new global.WebSocket(url, ['mqtt']);
+    ws.binaryType = 'arraybuffer';
+    var buf = new Uint8Array(0);
+    var closed = false;
+    var held = [];          // delivered by MQTT while catching up from the gateway
+    var catchingUp = true;
+    var timers = [];
+    var pongDeadline = null;
+    var etag = null;
+    var send = function (bytes) { if (ws.readyState === 1) ws.send(bytes); };
+    var fail = function (reason) { if (!closed) h.fail(reason); };
+    var checkUnread = function () {
+      return rd._request('GET', '/v1/unread', undefined, {
+        headers: etag ? { 'If-None-Match': etag } : undefined, timeout: 10000,
+      }).then(function (r) {
+        if (closed || r.status === 304) return;
+        etag = r.headers.get('ETag');
+        h.event('unread', { count: r.body.count, by_kind: r.body.by_kind, as_of: r.body.latest_id || 0 });
+      });
+    };
+    // Everything after the cursor the gateway has, up to now (100 per answer).
+    var catchUp = function () {
+      return rd._request('GET', '/v1/poll', undefined, {
+        query: { cursor: rd._lastId, timeout: 0 }, timeout: 15000,
+      }).then(function (r) {
+        if (closed || r.status !== 200 || !r.body) return undefined;
+        if (r.body.reset) {
+          h.event('reset', { reason: 'gap_too_large' });
+          if (typeof r.body.cursor === 'number' && r.body.cursor > (rd._lastId || 0)) {
+            rd._lastId = r.body.cursor;
+            rd._saveCursor();
+          }
+        }
+        var list = r.body.notifications || [];
+        list.forEach(function (n) { h.event('notification', n); });
+        return list.length ? catchUp() : undefined;
+      });
+    };
+    var onPacket = function (p) {
+      if (p.type === 2) { // CONNACK
+        if (p.body[1] !== 0) { fail(p.body[1] === 4 || p.body[1] === 5 ? 'unauthorized' : 'error'); return; }
+        var topics = [].concat(mqttString('reddot/users/' + rd.user), [1], mqttString('reddot/broadcast'), [1]);
+        send(mqttPacket(0x82, [0, 1].concat(topics)));
+      } else if (p.type === 9) { // SUBACK: live from here on; now read what came before
+        if (Array.prototype.indexOf.call(p.body.subarray(2), 0x80) >= 0) { fail('unauthorized'); return; }
+        catchUp().then(function () {
+          if (closed) return undefined;
+          catchingUp = false;
+          held.sort(function (a, b) { return a.id - b.id; }).forEach(function (n) { h.event('notification', n); });
+          held = [];
+          return checkUnread();
+        }).then(function () {
+          timers.push(setInterval(function () { checkUnread().catch(function () {}); }, 15000));
+        }, function (e) { fail(e && e.status === 401 ? 'unauthorized' : 'error'); });
+      } else if (p.type === 3) { // PUBLISH
+        var qos = (p.flags >> 1) & 3;
+        var topicEnd = 2 + ((p.body[0] << 8) | p.body[1]);
+        if (qos > 0) send(mqttPacket(0x40, [p.body[topicEnd], p.body[topicEnd + 1]]));
+        var n;
+        try { n = JSON.parse(new TextDecoder().decode(p.body.subarray(topicEnd + (qos > 0 ? 2 : 0)))); } catch (e) { return; }
+        if (catchingUp) held.push(n); else h.event('notification', n);
+      } else if (p.type === 13) { // PINGRESP
+        clearTimeout(pongDeadline);
+      }
+    };
+    ws.onopen = function () {
+      var body = [].concat(mqttString('MQTT'), [4, 0xC2, 0, MQTT_KEEPALIVE],
+        mqttString(rd.user + '/' + randomId()), mqttString(rd.user), mqttString(rd.token));
+      send(mqttPacket(0x10, body));
+      timers.push(setInterval(function () {
+        send(mqttPacket(0xC0, []));
+        clearTimeout(pongDeadline);
+        pongDeadline = setTimeout(function () { fail('timeout'); }, 10000);
+      }, MQTT_KEEPALIVE * 500));
+    };
+    ws.onmessage = function (e) {
+      var next = new Uint8Array(buf.length + e.data.byteLength);
+      next.set(buf);
+      next.set(new Uint8Array(e.data), buf.length);
+      var parsed = mqttParse(next);
+      buf = parsed.rest;
+      parsed.packets.forEach(onPacket);
+    };
+    // A refused CONNECT is answered with a CONNACK and a close: onPacket reports it first.
+    ws.onclose = function () { fail('error'); };
+    ws.onerror = function () { /* onclose follows */ };
+    var claims = decodeJwt(rd.token);
+    if (claims && typeof claims.exp === 'number') {
+      // Capped: setTimeout fires at once for delays past 2^31 - 1 ms (~24.8 days).
+      var left = Math.min(2147483647, Math.max(0, claims.exp * 1000 - Date.now()));
+      timers.push(setTimeout(function () { fail('token_expired'); }, left));
+    }
+    return {
+      close: function () {
+        closed = true;
+        timers.forEach(function (t) { clearTimeout(t); clearInterval(t); });
+        clearTimeout(pongDeadline);
+        send(mqttPacket(0xE0, []));
+        try { ws.close(1000); } catch (e) { /* not open yet */ }
       },
     };
   };

@@ -1,5 +1,6 @@
 //! Start-up order: database → migrations → hub → RabbitMQ consumer (reconnects on its
-//! own; the node serves meanwhile) → HTTP listener. On SIGTERM/SIGINT every session is
+//! own; the node serves meanwhile) → HTTP listener, which also answers RabbitMQ's HTTP
+//! auth backend for MQTT clients (`routes::mqtt_auth`). On SIGTERM/SIGINT every session is
 //! ended first, so clients reconnect (to another node) and resume, then the server stops.
 
 use std::{
@@ -65,6 +66,8 @@ impl Application {
         };
         let consumer = tokio::spawn(consumer.run(shutdown.child_token()));
         let pool = amqp::create_pool(&settings.amqp_url).context("REDDOT_AMQP_URL")?;
+        let mqtt_vhost = amqp::vhost_of(&settings.amqp_url)
+            .map_err(|e| anyhow::anyhow!("REDDOT_AMQP_URL: {e}"))?;
 
         let unread_cache = UnreadCache::new(
             db.clone(),
@@ -87,6 +90,7 @@ impl Application {
             amqp_connected,
             publisher: Publisher::new(pool),
             unread_cache,
+            mqtt_vhost,
         });
         let listener = TcpListener::bind(&settings.gateway_addr)
             .with_context(|| format!("binding REDDOT_GATEWAY_ADDR={}", settings.gateway_addr))?;
@@ -105,6 +109,7 @@ impl Application {
                 .service(routes::inbox::list)
                 .service(routes::inbox::mark_read)
                 .service(routes::inbox::delete)
+                .service(routes::mqtt_auth::service())
                 .service(routes::web::index)
                 .service(routes::web::client)
                 .service(routes::health::healthz)

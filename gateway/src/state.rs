@@ -15,6 +15,8 @@ pub struct GatewayState {
     pub amqp_connected: Arc<AtomicBool>,
     pub publisher: Publisher,
     pub unread_cache: Arc<UnreadCache>,
+    /// The vhost of `REDDOT_AMQP_URL`: the only one MQTT clients are let into.
+    pub mqtt_vhost: String,
 }
 
 impl GatewayState {

@@ -3,6 +3,11 @@
 //! publishes each message persistent on a confirm channel, waits for every confirm of the
 //! batch and only then deletes the rows. A failure republishes the whole batch: gateways
 //! drop ids they already sent, so a repeat is harmless and a gap is impossible.
+//!
+//! With MQTT on, each targeted notification also goes to `amq.topic` once per recipient
+//! on the same channel, inside the same batch: a row is deleted only once the gateways'
+//! and the MQTT copies are all confirmed. Broadcasts reach `amq.topic` through the
+//! exchange binding the relay declares when it connects.
 
 use std::{
     sync::{
@@ -42,6 +47,8 @@ pub struct Relay {
     pub amqp_ok: Arc<AtomicBool>,
     pub holder: String,
     pub writer: crate::writer::Writer,
+    /// `REDDOT_MQTT_PUBLISH`: also publish for RabbitMQ's MQTT plugin.
+    pub mqtt: bool,
 }
 
 struct Link {
@@ -198,7 +205,11 @@ impl Relay {
         };
         let mut confirms = Vec::new();
         for (notification, users) in items {
-            for msg in amqp::encode_notification(notification, users) {
+            let mut messages = amqp::encode_notification(notification, users);
+            if self.mqtt {
+                messages.extend(amqp::encode_mqtt(notification, users));
+            }
+            for msg in messages {
                 let confirm = channel
                     .basic_publish(
                         msg.exchange.into(),
@@ -237,7 +248,10 @@ impl Relay {
         amqp::declare_exchanges(&channel)
             .await
             .context("declaring exchanges")?;
-        tracing::info!("relay connected to RabbitMQ");
+        amqp::declare_mqtt_route(&channel, self.mqtt)
+            .await
+            .context("routing broadcasts to amq.topic for MQTT")?;
+        tracing::info!(mqtt = self.mqtt, "relay connected to RabbitMQ");
         Ok(Link {
             _conn: conn,
             channel,

@@ -66,6 +66,7 @@ impl Application {
             poll: settings.relay_poll,
             amqp_ok: amqp_ok.clone(),
             writer: writer.clone(),
+            mqtt: settings.mqtt_publish,
             holder: format!(
                 "{}-{}-{}",
                 settings.node_id,

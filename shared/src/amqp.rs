@@ -7,13 +7,21 @@
 //! sender-selected distribution) lists the others. A node whose queue is bound for
 //! several of them still gets one copy; it reads the routing key and `CC` to know whom
 //! the copy is for. Broadcasts go to `reddot.broadcast` (fanout) once.
+//!
+//! MQTT clients (RabbitMQ's MQTT plugin) consume from `amq.topic`. Broadcasts reach it
+//! through an exchange-to-exchange binding from `reddot.broadcast`, with the routing key
+//! `reddot.broadcast` (a fanout ignores it; `amq.topic` routes on it). A targeted
+//! notification is also published to `amq.topic` once per recipient, with the key
+//! `reddot.users.<user id>`: the plugin turns a delivery's routing key into the MQTT
+//! topic, so a `CC` list would show every recipient the first one's topic.
 
 use std::sync::Arc;
 
 use deadpool_lapin::lapin::{
     BasicProperties, Channel, ExchangeKind,
-    options::ExchangeDeclareOptions,
+    options::{ExchangeBindOptions, ExchangeDeclareOptions, ExchangeUnbindOptions},
     types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString},
+    uri::AMQPUri,
 };
 
 use crate::domain::{Audience, Notification, UserId};
@@ -22,6 +30,14 @@ pub use deadpool_lapin::lapin;
 
 pub const DIRECT_EXCHANGE: &str = "reddot.direct";
 pub const BROADCAST_EXCHANGE: &str = "reddot.broadcast";
+/// The exchange RabbitMQ's MQTT plugin binds its subscribers' queues to (its default
+/// `mqtt.exchange`).
+pub const MQTT_EXCHANGE: &str = "amq.topic";
+/// Routing key of every broadcast: MQTT topic `reddot/broadcast`.
+pub const BROADCAST_ROUTING_KEY: &str = "reddot.broadcast";
+/// MQTT topic of broadcasts.
+pub const MQTT_BROADCAST_TOPIC: &str = "reddot/broadcast";
+const MQTT_USER_KEY_PREFIX: &str = "reddot.users.";
 
 /// AMQP `type` property of a notification message.
 pub const TYPE_NOTIFICATION: &str = "notification";
@@ -67,6 +83,56 @@ pub async fn declare_exchanges(channel: &Channel) -> Result<(), lapin::Error> {
         .await
 }
 
+/// Routes broadcasts into [`MQTT_EXCHANGE`] (`enabled`) or stops doing so, by adding or
+/// removing the exchange-to-exchange binding; both are idempotent. The producer's relay
+/// owns this decision (`REDDOT_MQTT_PUBLISH`), as it owns the per-user MQTT copies.
+pub async fn declare_mqtt_route(channel: &Channel, enabled: bool) -> Result<(), lapin::Error> {
+    if enabled {
+        channel
+            .exchange_bind(
+                MQTT_EXCHANGE.into(),
+                BROADCAST_EXCHANGE.into(),
+                "".into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    } else {
+        channel
+            .exchange_unbind(
+                MQTT_EXCHANGE.into(),
+                BROADCAST_EXCHANGE.into(),
+                "".into(),
+                ExchangeUnbindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+}
+
+/// The MQTT topic a user subscribes to: `reddot/users/<user id>`, the id verbatim.
+pub fn mqtt_user_topic(user: &str) -> String {
+    format!("reddot/users/{user}")
+}
+
+/// The `amq.topic` routing key that reaches subscribers of [`mqtt_user_topic`].
+///
+/// RabbitMQ's MQTT plugin turns a topic into a routing key by replacing `/` with `.`
+/// and keeps a `.` inside a level as it is (verified on 3.10; the same translation is in
+/// 3.13's source), so `reddot/users/a.b` subscribes to `reddot.users.a.b`: the key is
+/// the id verbatim. User ids contain neither `/` nor the wildcards `*` `#` `+`, so each
+/// id has its own key and no key of one user matches another's subscription. The other
+/// way round the plugin replaces every `.` with `/`: a delivery to `a.b` carries the
+/// MQTT topic `reddot/users/a/b`.
+pub fn mqtt_user_routing_key(user: &str) -> String {
+    format!("{MQTT_USER_KEY_PREFIX}{user}")
+}
+
+/// The vhost an AMQP URL connects to, parsed as lapin parses it (`%2f` is `/`).
+pub fn vhost_of(url: &str) -> Result<String, String> {
+    url.parse::<AMQPUri>().map(|uri| uri.vhost)
+}
+
 /// The connection pool (no automatic recovery: the pool replaces dead connections on
 /// the next `get`, and recovering connections would leak when the pool drops them).
 pub fn create_pool(url: &str) -> Result<deadpool_lapin::Pool, deadpool_lapin::CreatePoolError> {
@@ -92,25 +158,12 @@ pub struct Outgoing {
 /// Encodes a notification for its recipients (`users` is ignored for a broadcast).
 pub fn encode_notification(n: &Notification, users: &[String]) -> Vec<Outgoing> {
     let payload = n.to_json().into_bytes();
-    let mut base = FieldTable::default();
-    base.insert(HEADER_ID.into(), AMQPValue::LongLongInt(n.id));
-    base.insert(HEADER_CREATED.into(), AMQPValue::LongLongInt(n.created_at));
-    if let Some(exp) = n.expires_at {
-        base.insert(HEADER_EXPIRES.into(), AMQPValue::LongLongInt(exp));
-    }
-    let properties = |headers: FieldTable| {
-        BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_type(TYPE_NOTIFICATION.into())
-            .with_message_id(n.id.to_string().as_str().into())
-            .with_timestamp(u64::try_from(n.created_at / 1000).unwrap_or_default())
-            .with_headers(headers)
-    };
+    let base = base_headers(n);
+    let properties = |headers: FieldTable| notification_properties(n, headers);
     if n.audience == Audience::All {
         return vec![Outgoing {
             exchange: BROADCAST_EXCHANGE,
-            routing_key: String::new(),
+            routing_key: BROADCAST_ROUTING_KEY.to_owned(),
             payload,
             properties: properties(base),
         }];
@@ -147,6 +200,53 @@ pub fn encode_notification(n: &Notification, users: &[String]) -> Vec<Outgoing> 
         rest = next;
     }
     out
+}
+
+/// The copies of a targeted notification for MQTT subscribers: one per recipient, to
+/// [`MQTT_EXCHANGE`] with [`mqtt_user_routing_key`] and the same properties and payload
+/// as the gateways' message. None for a broadcast: the exchange binding carries it
+/// (see [`declare_mqtt_route`]).
+///
+/// One message per recipient, not one per `CC` chunk: the plugin hands every MQTT
+/// subscriber the delivery's routing key as the topic, so with `CC` each recipient would
+/// learn the first recipient's user id and get a topic it never subscribed to.
+pub fn encode_mqtt(n: &Notification, users: &[String]) -> Vec<Outgoing> {
+    if n.audience == Audience::All {
+        return Vec::new();
+    }
+    let payload = n.to_json().into_bytes();
+    let properties = notification_properties(n, base_headers(n));
+    users
+        .iter()
+        .map(|user| Outgoing {
+            exchange: MQTT_EXCHANGE,
+            routing_key: mqtt_user_routing_key(user),
+            payload: payload.clone(),
+            properties: properties.clone(),
+        })
+        .collect()
+}
+
+/// Headers every copy of a notification carries, so a node routes it unparsed.
+fn base_headers(n: &Notification) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(HEADER_ID.into(), AMQPValue::LongLongInt(n.id));
+    headers.insert(HEADER_CREATED.into(), AMQPValue::LongLongInt(n.created_at));
+    if let Some(exp) = n.expires_at {
+        headers.insert(HEADER_EXPIRES.into(), AMQPValue::LongLongInt(exp));
+    }
+    headers
+}
+
+/// Persistent (`delivery_mode` 2; MQTT subscribers get it at QoS 1 when they asked for 1).
+fn notification_properties(n: &Notification, headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_type(TYPE_NOTIFICATION.into())
+        .with_message_id(n.id.to_string().as_str().into())
+        .with_timestamp(u64::try_from(n.created_at / 1000).unwrap_or_default())
+        .with_headers(headers)
 }
 
 /// A "read state changed" event for one user: every node with sessions of that user
@@ -283,14 +383,96 @@ mod tests {
         Ok(())
     }
 
+    /// RabbitMQ's MQTT plugin translating a topic (filter) into a routing (binding) key,
+    /// as `rabbit_mqtt_util:to_amqp/1` does in 3.10 and 3.13.
+    fn plugin_topic_to_key(topic: &str) -> String {
+        topic.replace('/', ".").replace('+', "*")
+    }
+
+    /// The plugin translating a delivery's routing key into the MQTT topic (`to_mqtt/1`).
+    fn plugin_key_to_topic(key: &str) -> String {
+        key.replace('*', "+").replace('.', "/")
+    }
+
+    #[test]
+    fn a_users_mqtt_topic_subscribes_exactly_to_her_routing_key() {
+        let users = [
+            "alice",
+            "a.b",
+            "org:carol",
+            "x@example.com",
+            "_-.:@",
+            "a..b.",
+        ];
+        for user in users {
+            assert_eq!(
+                plugin_topic_to_key(&mqtt_user_topic(user)),
+                mqtt_user_routing_key(user),
+                "{user}"
+            );
+            assert_ne!(mqtt_user_routing_key(user), BROADCAST_ROUTING_KEY);
+            // The ids are valid, so their keys carry no wildcard of either protocol.
+            assert!(!mqtt_user_routing_key(user).contains(['*', '#', '+', '/']));
+        }
+        assert_eq!(
+            plugin_topic_to_key(MQTT_BROADCAST_TOPIC),
+            BROADCAST_ROUTING_KEY
+        );
+        // What a subscriber of `reddot/users/a.b` sees as the topic of a delivery.
+        assert_eq!(
+            plugin_key_to_topic(&mqtt_user_routing_key("a.b")),
+            "reddot/users/a/b"
+        );
+        assert_eq!(
+            plugin_key_to_topic(&mqtt_user_routing_key("alice")),
+            mqtt_user_topic("alice")
+        );
+    }
+
+    #[test]
+    fn mqtt_gets_one_copy_per_recipient_with_the_gateways_payload() -> anyhow::Result<()> {
+        let n = notification(Audience::User)?;
+        let users: Vec<String> = ["alice", "a.b", "bob"].map(String::from).to_vec();
+        let copies = encode_mqtt(&n, &users);
+        let keys: Vec<&str> = copies.iter().map(|m| m.routing_key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["reddot.users.alice", "reddot.users.a.b", "reddot.users.bob"]
+        );
+        let gateway = &encode_notification(&n, &users)[0];
+        for copy in &copies {
+            assert_eq!(copy.exchange, MQTT_EXCHANGE);
+            assert_eq!(copy.payload, gateway.payload);
+            assert_eq!(copy.properties.delivery_mode(), &Some(2));
+            let headers = copy.properties.headers().clone().unwrap_or_default();
+            assert!(
+                !headers.inner().contains_key(HEADER_CC),
+                "no recipient list"
+            );
+        }
+        assert!(encode_mqtt(&notification(Audience::All)?, &[]).is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn the_vhost_is_read_from_the_amqp_url() -> anyhow::Result<()> {
+        let vhost = |url: &str| vhost_of(url).map_err(anyhow::Error::msg);
+        assert_eq!(vhost("amqp://guest:guest@127.0.0.1:5672/%2f")?, "/");
+        assert_eq!(vhost("amqp://guest:guest@127.0.0.1:5672")?, "/");
+        assert_eq!(vhost("amqp://u:p@rabbit/reddot-test-1")?, "reddot-test-1");
+        assert!(vhost("not a url").is_err());
+        Ok(())
+    }
+
     #[test]
     fn a_broadcast_is_one_message_on_the_fanout_exchange() -> anyhow::Result<()> {
         let msgs = encode_notification(&notification(Audience::All)?, &[]);
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0].exchange, BROADCAST_EXCHANGE);
+        assert_eq!(msgs[0].routing_key, BROADCAST_ROUTING_KEY);
         let Incoming::Notification(d) = decode(
             BROADCAST_EXCHANGE,
-            "",
+            &msgs[0].routing_key,
             &msgs[0].properties,
             &msgs[0].payload,
         )?

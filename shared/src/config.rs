@@ -79,6 +79,10 @@ pub struct Settings {
     /// How long a user's `reddot.direct` binding outlives her last session on a node, so
     /// that reconnecting clients find it in place (0: unbind at once).
     pub unbind_delay: Duration,
+    /// `REDDOT_MQTT_PUBLISH` (default on): the relay also publishes each notification to
+    /// `amq.topic` for RabbitMQ's MQTT plugin. Off saves one message per recipient for
+    /// deployments without MQTT clients.
+    pub mqtt_publish: bool,
 }
 
 /// Development values used under `REDDOT_DEV=1` only.
@@ -207,6 +211,7 @@ impl Settings {
             max_connections: number(&get, "REDDOT_MAX_CONNECTIONS", 100_000)?,
             poll_cache_linger: Duration::from_secs(number(&get, "REDDOT_POLL_CACHE_SECS", 60)?),
             unbind_delay: Duration::from_secs(number(&get, "REDDOT_UNBIND_DELAY_SECS", 5)?),
+            mqtt_publish: flag(&get, "REDDOT_MQTT_PUBLISH", true)?,
         })
     }
 
@@ -244,6 +249,23 @@ fn number<T: std::str::FromStr>(
         Some(raw) => raw.parse().map_err(|_| ConfigError::Invalid {
             name,
             reason: format!("'{raw}' is not a valid number"),
+        }),
+    }
+}
+
+/// A switch: `1`/`true`/`on` or `0`/`false`/`off` (any case).
+fn flag(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get(name).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None => Ok(default),
+        Some("1" | "true" | "on") => Ok(true),
+        Some("0" | "false" | "off") => Ok(false),
+        Some(other) => Err(ConfigError::Invalid {
+            name,
+            reason: format!("'{other}' is not 1/0, true/false or on/off"),
         }),
     }
 }
@@ -294,6 +316,23 @@ mod tests {
         let s = load(Service::Producer, &[("REDDOT_DEV", "1")])?;
         assert_eq!(s.jwt_secret.expose(), DEV_JWT_SECRET);
         assert_eq!(s.api_keys.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn mqtt_publishing_is_on_unless_switched_off() -> anyhow::Result<()> {
+        let dev = ("REDDOT_DEV", "1");
+        assert!(load(Service::Producer, &[dev])?.mqtt_publish);
+        for off in ["0", "false", "OFF"] {
+            let s = load(Service::Producer, &[dev, ("REDDOT_MQTT_PUBLISH", off)])?;
+            assert!(!s.mqtt_publish, "{off}");
+        }
+        assert!(load(Service::Producer, &[dev, ("REDDOT_MQTT_PUBLISH", "1")])?.mqtt_publish);
+        let err = load(Service::Producer, &[dev, ("REDDOT_MQTT_PUBLISH", "maybe")])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("REDDOT_MQTT_PUBLISH"), "{err}");
         Ok(())
     }
 

@@ -18,6 +18,8 @@ pub const DELIVERIES: &str = "reddot_deliveries_total";
 pub const REPLAYED: &str = "reddot_replayed_total";
 pub const DELIVERY_LATENCY: &str = "reddot_delivery_latency_seconds";
 pub const SESSIONS_DROPPED: &str = "reddot_sessions_dropped_total";
+/// Answers of the gateway's RabbitMQ HTTP auth backend, by `kind` and `decision`.
+pub const MQTT_AUTH: &str = "reddot_mqtt_auth_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

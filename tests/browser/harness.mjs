@@ -137,8 +137,10 @@ class Service {
 /**
  * A producer and a gateway of their own: fresh vhost, temp SQLite file.
  * `extraOrigins`: origins besides the gateway's own to put in REDDOT_ALLOWED_ORIGINS.
+ * `gatewayPort`: a fixed port for the gateway (MQTT: RabbitMQ's auth backend asks
+ * 127.0.0.1:15690, see MQTT_AUTH_PORT), else a free one.
  */
-export async function startStack({ extraOrigins = [], env: extraEnv = {} } = {}) {
+export async function startStack({ extraOrigins = [], env: extraEnv = {}, gatewayPort: fixedPort } = {}) {
   ensureBuilt();
   const dir = mkdtempSync(join(tmpdir(), 'reddot-browser-'));
   const vhost = `reddot-browser-${randomBytes(6).toString('hex')}`;
@@ -147,7 +149,7 @@ export async function startStack({ extraOrigins = [], env: extraEnv = {} } = {})
   // The gateway's own origin must be allowed for the iframe transport (its postMessage
   // target is checked against REDDOT_ALLOWED_ORIGINS even for the gateway's own page),
   // so the gateway's port is chosen here rather than with :0.
-  const gatewayPort = await freePort();
+  const gatewayPort = fixedPort ?? await freePort();
   const gatewayOrigin = `http://127.0.0.1:${gatewayPort}`;
   const env = {
     PATH: process.env.PATH,
@@ -176,10 +178,20 @@ export async function startStack({ extraOrigins = [], env: extraEnv = {} } = {})
     if (port !== gatewayPort) throw new Error(`gateway listens on ${port}, expected ${gatewayPort}`);
     return svc;
   };
+  // The previous gateway's socket (a restart here, or the last test's gateway on a fixed
+  // port) may linger for a moment: retry the bind briefly.
+  const startGatewayRetrying = async () => {
+    for (let i = 0; ; i++) {
+      try { return await startGateway(); } catch (e) {
+        if (i >= 20 || !/bind|in use/i.test(String(e))) throw e;
+        await sleep(250);
+      }
+    }
+  };
   try {
     stack.producer = new Service('reddot-producer', env, join(dir, 'producer.log'));
     stack.producerUrl = `http://127.0.0.1:${await stack.producer.port}`;
-    await startGateway();
+    await startGatewayRetrying();
   } catch (e) {
     await stopStack(stack);
     throw e;
@@ -218,13 +230,7 @@ export async function startStack({ extraOrigins = [], env: extraEnv = {} } = {})
   stack.killGateway = async () => { await stack.gateway.kill('SIGKILL'); };
   stack.startGateway = async () => {
     stack.restarts += 1;
-    // The old socket may linger for a moment; retry the bind briefly.
-    for (let i = 0; ; i++) {
-      try { return await startGateway(); } catch (e) {
-        if (i >= 20 || !/bind|in use/i.test(String(e))) throw e;
-        await sleep(250);
-      }
-    }
+    return startGatewayRetrying();
   };
   stack.logs = () => [
     `---- producer ----\n${stack.producer?.logs() ?? ''}`,
@@ -258,6 +264,20 @@ export async function withStack(opts, fn) {
   } finally {
     await stack.stop();
   }
+}
+
+/** Where RabbitMQ's HTTP auth backend asks for MQTT logins (scripts/services). */
+export const MQTT_AUTH_PORT = 15690;
+
+/**
+ * Lands MQTT and Web-MQTT logins in `vhost` (RabbitMQ's global port-to-vhost mapping;
+ * the broker never reads a vhost out of the username). Broker-wide: one MQTT test at a
+ * time. Returns a function that removes the mapping.
+ */
+export async function routeMqttTo(vhost) {
+  const path = '/global-parameters/mqtt_port_to_vhost_mapping';
+  await management('PUT', path, { name: 'mqtt_port_to_vhost_mapping', value: { 1884: vhost, 15675: vhost } });
+  return () => management('DELETE', path);
 }
 
 /** A static server on its own origin ("another site") serving `pages` ({path: html}). */

@@ -14,6 +14,7 @@ mod gateway_inbox;
 mod gateway_resume;
 mod gateway_ws;
 mod helpers;
+mod mqtt;
 mod ordering;
 mod producer_api;
 mod publishing;

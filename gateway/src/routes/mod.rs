@@ -2,4 +2,5 @@
 
 pub mod health;
 pub mod inbox;
+pub mod mqtt_auth;
 pub mod web;
