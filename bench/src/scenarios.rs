@@ -352,7 +352,7 @@ pub async fn latency(opts: &Opts) -> anyhow::Result<()> {
     let (users, rates, secs): (usize, Vec<u32>, u64) = if opts.quick {
         (100, vec![50], 2)
     } else {
-        (1000, vec![200, 1000], 10)
+        (10_000, vec![200, 1000, 5000], 10)
     };
     let backend = opts.backend();
     let d = deploy(backend, true).await?;

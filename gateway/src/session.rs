@@ -79,7 +79,10 @@ impl Session {
             );
         let until_exp =
             Duration::from_millis(u64::try_from(token_exp * 1000 - now_ms()).unwrap_or(0));
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + ctx.heartbeat, ctx.heartbeat);
+        // The first beat at a random point of the period: sessions that connected
+        // together (a deploy, a reconnect storm) must not all be written to at once.
+        let first_beat = ctx.heartbeat.mul_f64(1.0 + rand::random::<f64>());
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + first_beat, ctx.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut session = Session {
             token_expiry: Box::pin(tokio::time::sleep(until_exp)),
