@@ -57,6 +57,15 @@ async fn deploy(backend: Backend, gateway: bool) -> anyhow::Result<Deploy> {
             "warn,reddot_producer::startup=info,reddot_gateway::startup=info",
         )
         .with("REDDOT_MAX_SESSIONS_PER_USER", "100000");
+    // Settings worth comparing pass through from the bench's own environment.
+    let env = [
+        "REDDOT_MQTT_PUBLISH",
+        "REDDOT_POLL_CACHE_SECS",
+        "REDDOT_UNBIND_DELAY_SECS",
+    ]
+    .into_iter()
+    .filter_map(|k| std::env::var(k).ok().map(|v| (k, v)))
+    .fold(env, |env, (k, v)| env.with(k, v));
     let producer = Service::start(ServiceKind::Producer, &env).await?;
     let gateway = if gateway {
         Some(Service::start(ServiceKind::Gateway, &env).await?)

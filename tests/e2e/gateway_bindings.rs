@@ -168,3 +168,44 @@ async fn rapid_connects_and_disconnects_from_many_tasks_leave_the_key_bound_iff_
     assert_eq!(fresh.ids_until(id, SETTLE).await?, [id]);
     Ok(())
 }
+
+/// A binding outlives the user's last session by `REDDOT_UNBIND_DELAY_SECS`: a client
+/// that reconnects within it finds the binding in place (no unbind + bind for the
+/// broker), and misses nothing published while it was away; after the delay it goes.
+#[tokio::test]
+async fn a_binding_outlives_the_last_session_by_the_unbind_delay() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw =
+        Gateway::start_with("node-a", stack.env().with("REDDOT_UNBIND_DELAY_SECS", "3")).await?;
+    let token = stack.token("gina").await?;
+    let ws = gw.ws(&Connect::bearer(&token)).await?;
+    assert_eq!(bindings_of(&stack.vhost, "gina").await?, 1);
+    ws.close().await?;
+    await_sessions(&gw, 0).await?;
+    let closed = tokio::time::Instant::now();
+
+    // Published while she is away: reaches her inbox, and her resume.
+    let missed = stack
+        .notify(&json!({"to": {"users": ["gina"]}, "title": "while away"}))
+        .await?;
+    assert_eq!(
+        bindings_of(&stack.vhost, "gina").await?,
+        1,
+        "unbound at once"
+    );
+    let mut back = gw.ws(&Connect::bearer(&token).after(missed - 1)).await?;
+    assert_eq!(back.ids_until(missed, SETTLE).await?, [missed]);
+    assert_eq!(bindings_of(&stack.vhost, "gina").await?, 1);
+    back.close().await?;
+    await_sessions(&gw, 0).await?;
+    let closed_again = tokio::time::Instant::now();
+
+    await_bindings(&stack.vhost, "gina", 0).await?;
+    assert!(
+        closed_again.elapsed() >= Duration::from_secs(2),
+        "unbound {:?} after the last session (first close {:?} ago)",
+        closed_again.elapsed(),
+        closed.elapsed()
+    );
+    Ok(())
+}
