@@ -135,6 +135,24 @@ pub fn unsigned_token(user: &str) -> String {
     format!("{header}.{claims}.")
 }
 
+/// `token` with its header replaced by `header` (the signature no longer matches it):
+/// an algorithm-confusion attempt such as `{"alg":"RS256"}` over an HS256 token.
+pub fn with_header(token: &str, header: &Value) -> String {
+    let rest = token.split_once('.').map_or("", |(_, rest)| rest);
+    format!("{}.{rest}", base64url(header.to_string().as_bytes()))
+}
+
+/// A token for `claims` signed with the right secret but HS512, which the gateway
+/// must refuse: it accepts HS256 only.
+pub fn sign_hs512(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS512),
+        claims,
+        &EncodingKey::from_secret(crate::JWT_SECRET.as_bytes()),
+    )
+    .expect("HS512 signing cannot fail")
+}
+
 /// Base64url without padding (RFC 4648 §5), as JWTs use it.
 fn base64url(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

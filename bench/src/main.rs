@@ -3,12 +3,14 @@
 //! table and a JSON line; a run that loses or duplicates a delivery fails.
 //!
 //! `cargo run --release -p reddot-bench -- <scenario> [--quick] [--db sqlite|postgres] [--clients N]`
+//! (`soak` also takes `--minutes M`, default 5; 20 s under `--quick`)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod clients;
 mod report;
 mod scenarios;
+mod soak;
 
 use anyhow::bail;
 
@@ -25,10 +27,15 @@ async fn main() -> anyhow::Result<()> {
         .find(|w| w[0] == "--clients")
         .map(|w| w[1].parse::<usize>())
         .transpose()?;
+    let minutes = args
+        .windows(2)
+        .find(|w| w[0] == "--minutes")
+        .map(|w| w[1].parse::<f64>())
+        .transpose()?;
     raise_fd_limit();
     let Some(scenario) = args.first() else {
         bail!(
-            "usage: reddot-bench <produce|targeted|broadcast|storm|idle|poll|all> [--quick] [--db sqlite|postgres] [--clients N]"
+            "usage: reddot-bench <produce|targeted|broadcast|storm|idle|poll|soak|all> [--quick] [--db sqlite|postgres] [--clients N] [--minutes M]"
         );
     };
     let opts = scenarios::Opts {
@@ -43,12 +50,17 @@ async fn main() -> anyhow::Result<()> {
         "broadcast" => scenarios::broadcast(&opts).await,
         "poll" => scenarios::poll(&opts).await,
         "storm" => scenarios::storm(&opts).await,
+        "soak" => soak::soak(&opts, minutes).await,
         "all" => {
             scenarios::produce(&opts).await?;
             scenarios::latency(&opts).await?;
             scenarios::broadcast(&opts).await?;
             scenarios::storm(&opts).await?;
             scenarios::poll(&opts).await?;
+            if opts.quick {
+                // 20 s under --quick; its full length (5 min) is run on its own.
+                soak::soak(&opts, minutes).await?;
+            }
             scenarios::idle(&opts).await
         }
         other => bail!("unknown scenario {other}"),

@@ -32,7 +32,7 @@ impl Opts {
         }
     }
 
-    fn backend(&self) -> Backend {
+    pub(crate) fn backend(&self) -> Backend {
         if self.db.as_deref() == Some("postgres") {
             Backend::Postgres
         } else {
@@ -41,14 +41,14 @@ impl Opts {
     }
 }
 
-struct Deploy {
+pub(crate) struct Deploy {
     db: TestDb,
     vhost: Vhost,
-    producer: Service,
-    gateway: Option<Service>,
+    pub(crate) producer: Service,
+    pub(crate) gateway: Option<Service>,
 }
 
-async fn deploy(backend: Backend, gateway: bool) -> anyhow::Result<Deploy> {
+pub(crate) async fn deploy(backend: Backend, gateway: bool) -> anyhow::Result<Deploy> {
     let db = TestDb::new(backend).await?;
     let vhost = Vhost::new().await?;
     let env = Env::new(&db.url, &vhost.url())
@@ -80,7 +80,7 @@ async fn deploy(backend: Backend, gateway: bool) -> anyhow::Result<Deploy> {
     })
 }
 
-fn name(b: Backend) -> &'static str {
+pub(crate) fn name(b: Backend) -> &'static str {
     match b {
         Backend::Sqlite => "SQLite",
         Backend::Postgres => "PostgreSQL",
@@ -178,7 +178,7 @@ pub async fn produce(opts: &Opts) -> anyhow::Result<()> {
     ensure_clean(&results)
 }
 
-fn ensure_clean(results: &[Value]) -> anyhow::Result<()> {
+pub(crate) fn ensure_clean(results: &[Value]) -> anyhow::Result<()> {
     let bad = results
         .iter()
         .any(|r| r["lost"].as_u64().unwrap_or(0) > 0 || r["duplicated"].as_u64().unwrap_or(0) > 0);

@@ -4,6 +4,7 @@
 
 pub mod amqp;
 pub mod auth;
+pub mod connect_limit;
 pub mod events;
 pub mod hub;
 pub mod publisher;

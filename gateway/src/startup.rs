@@ -22,8 +22,8 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    amqp::Consumer, hub::Hub, publisher::Publisher, routes, session::SessionCtx,
-    state::GatewayState, transport, unread_cache::UnreadCache,
+    amqp::Consumer, connect_limit::ConnectLimiter, hub::Hub, publisher::Publisher, routes,
+    session::SessionCtx, state::GatewayState, transport, unread_cache::UnreadCache,
 };
 
 pub struct Application {
@@ -91,6 +91,11 @@ impl Application {
             publisher: Publisher::new(pool),
             unread_cache,
             mqtt_vhost,
+            connect_limiter: ConnectLimiter::new(
+                settings.connect_rate_per_ip,
+                settings.connect_burst_per_ip,
+            ),
+            client_ip_header: settings.client_ip_header.clone(),
         });
         let listener = TcpListener::bind(&settings.gateway_addr)
             .with_context(|| format!("binding REDDOT_GATEWAY_ADDR={}", settings.gateway_addr))?;

@@ -5,7 +5,10 @@ use std::sync::{Arc, atomic::AtomicBool};
 use reddot_shared::config::Secret;
 use sea_orm::DatabaseConnection;
 
-use crate::{publisher::Publisher, session::SessionCtx, unread_cache::UnreadCache};
+use crate::{
+    connect_limit::ConnectLimiter, publisher::Publisher, session::SessionCtx,
+    unread_cache::UnreadCache,
+};
 
 pub struct GatewayState {
     pub db: DatabaseConnection,
@@ -17,6 +20,10 @@ pub struct GatewayState {
     pub unread_cache: Arc<UnreadCache>,
     /// The vhost of `REDDOT_AMQP_URL`: the only one MQTT clients are let into.
     pub mqtt_vhost: String,
+    /// `None` when `REDDOT_CONNECT_RATE_PER_IP` is 0.
+    pub connect_limiter: Option<ConnectLimiter>,
+    /// `REDDOT_CLIENT_IP_HEADER`, lower-case; `None`: the TCP peer address.
+    pub client_ip_header: Option<String>,
 }
 
 impl GatewayState {

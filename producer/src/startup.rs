@@ -8,7 +8,12 @@ use std::{
     time::Duration,
 };
 
-use actix_web::{App, HttpServer, middleware::from_fn, web};
+use actix_web::{
+    App, HttpServer,
+    http::header,
+    middleware::{DefaultHeaders, from_fn},
+    web,
+};
 use anyhow::Context;
 use reddot_shared::{amqp, config::Settings, db, http, metrics};
 use tokio::{sync::Notify, task::JoinHandle};
@@ -108,6 +113,9 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .app_data(keys.clone())
+                // Like the gateway: no answer (JSON errors, /admin, /openapi.json) may be
+                // sniffed into another type by a browser.
+                .wrap(DefaultHeaders::new().add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")))
                 .wrap(from_fn(http::access_log))
                 .configure(routes::configure)
                 .default_service(web::to(http::not_found))

@@ -83,6 +83,18 @@ pub struct Settings {
     /// `amq.topic` for RabbitMQ's MQTT plugin. Off saves one message per recipient for
     /// deployments without MQTT clients.
     pub mqtt_publish: bool,
+    /// `REDDOT_CONNECT_RATE_PER_IP` (default 20, 0 = off): new streaming connections
+    /// (SSE, WebSocket, iframe, long poll) per second one client IP may open, refilled
+    /// continuously; past it the gateway answers 429 before any database work.
+    pub connect_rate_per_ip: f64,
+    /// `REDDOT_CONNECT_BURST_PER_IP` (default 100): connections one IP may open at once
+    /// before the rate applies, so a whole office behind one NAT reconnecting after a
+    /// restart is not turned away (browsers share one connection among their tabs).
+    pub connect_burst_per_ip: u32,
+    /// `REDDOT_CLIENT_IP_HEADER` (unset: the TCP peer address): a header such as
+    /// `X-Real-IP` that a trusted reverse proxy *overwrites* with the client's address.
+    /// Only set it behind such a proxy: clients can send any header themselves.
+    pub client_ip_header: Option<String>,
 }
 
 /// Development values used under `REDDOT_DEV=1` only.
@@ -212,6 +224,39 @@ impl Settings {
             poll_cache_linger: Duration::from_secs(number(&get, "REDDOT_POLL_CACHE_SECS", 60)?),
             unbind_delay: Duration::from_secs(number(&get, "REDDOT_UNBIND_DELAY_SECS", 5)?),
             mqtt_publish: flag(&get, "REDDOT_MQTT_PUBLISH", true)?,
+            connect_rate_per_ip: match number::<f64>(&get, "REDDOT_CONNECT_RATE_PER_IP", 20.0)? {
+                r if r.is_finite() && r >= 0.0 => r,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "REDDOT_CONNECT_RATE_PER_IP",
+                        reason: "use a number of connections per second, 0 to turn it off".into(),
+                    });
+                }
+            },
+            connect_burst_per_ip: match number(&get, "REDDOT_CONNECT_BURST_PER_IP", 100)? {
+                0 => {
+                    return Err(ConfigError::Invalid {
+                        name: "REDDOT_CONNECT_BURST_PER_IP",
+                        reason: "must be at least 1 (turn the limit off with REDDOT_CONNECT_RATE_PER_IP=0)".into(),
+                    });
+                }
+                b => b,
+            },
+            client_ip_header: match get("REDDOT_CLIENT_IP_HEADER") {
+                None => None,
+                Some(h)
+                    if !h.is_empty()
+                        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+                {
+                    Some(h.to_ascii_lowercase())
+                }
+                Some(_) => {
+                    return Err(ConfigError::Invalid {
+                        name: "REDDOT_CLIENT_IP_HEADER",
+                        reason: "use a header name such as X-Real-IP".into(),
+                    });
+                }
+            },
         })
     }
 
@@ -333,6 +378,37 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("REDDOT_MQTT_PUBLISH"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn the_connect_rate_limit_has_defaults_and_refuses_nonsense() -> anyhow::Result<()> {
+        let dev = ("REDDOT_DEV", "1");
+        let s = load(Service::Gateway, &[dev])?;
+        assert_eq!((s.connect_rate_per_ip, s.connect_burst_per_ip), (20.0, 100));
+        assert_eq!(s.client_ip_header, None);
+        let s = load(
+            Service::Gateway,
+            &[
+                dev,
+                ("REDDOT_CONNECT_RATE_PER_IP", "0"),
+                ("REDDOT_CLIENT_IP_HEADER", "X-Real-IP"),
+            ],
+        )?;
+        assert_eq!(s.connect_rate_per_ip, 0.0);
+        assert_eq!(s.client_ip_header.as_deref(), Some("x-real-ip"));
+        for bad in [
+            ("REDDOT_CONNECT_RATE_PER_IP", "-1"),
+            ("REDDOT_CONNECT_RATE_PER_IP", "NaN"),
+            ("REDDOT_CONNECT_BURST_PER_IP", "0"),
+            ("REDDOT_CLIENT_IP_HEADER", "X Real IP"),
+        ] {
+            let err = load(Service::Gateway, &[dev, bad])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(bad.0), "{bad:?}: {err}");
+        }
         Ok(())
     }
 

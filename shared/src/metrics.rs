@@ -20,6 +20,8 @@ pub const DELIVERY_LATENCY: &str = "reddot_delivery_latency_seconds";
 pub const SESSIONS_DROPPED: &str = "reddot_sessions_dropped_total";
 /// Answers of the gateway's RabbitMQ HTTP auth backend, by `kind` and `decision`.
 pub const MQTT_AUTH: &str = "reddot_mqtt_auth_total";
+/// Streaming connections refused with 429 by the per-IP connect rate limit.
+pub const CONNECTS_LIMITED: &str = "reddot_connects_rate_limited_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 use reddot_tests::{
     Backend, JWT_SECRET, ORIGIN, Stack,
     clients::{Connect, Events, Sse, Ws},
-    gateway::{Gateway, now_secs, sign, token_expiring_in, unsigned_token},
+    gateway::{
+        Gateway, now_secs, sign, sign_hs512, token_expiring_in, unsigned_token, with_header,
+    },
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -45,6 +47,38 @@ fn bad_tokens() -> Vec<(&'static str, Option<String>)> {
             )),
         ),
         ("no exp", Some(sign(JWT_SECRET, &json!({"sub": "alice"})))),
+        (
+            "nbf beyond the leeway",
+            Some(sign(
+                JWT_SECRET,
+                &json!({"sub": "alice", "exp": in_an_hour, "nbf": now_secs() + 120}),
+            )),
+        ),
+        (
+            "HS512 with the right secret",
+            Some(sign_hs512(&json!({"sub": "alice", "exp": in_an_hour}))),
+        ),
+        (
+            "RS256 header over an HS256 signature",
+            Some(with_header(
+                &token_expiring_in("alice", 3600),
+                &json!({"alg": "RS256", "typ": "JWT"}),
+            )),
+        ),
+        (
+            "HS256 signature under an alg none header",
+            Some(with_header(
+                &token_expiring_in("alice", 3600),
+                &json!({"alg": "none", "typ": "JWT"}),
+            )),
+        ),
+        (
+            "8 KiB long",
+            Some(sign(
+                JWT_SECRET,
+                &json!({"sub": "alice", "exp": in_an_hour, "pad": "x".repeat(8 * 1024)}),
+            )),
+        ),
         ("not a JWT", Some("not-a-jwt".to_owned())),
     ]
 }
@@ -207,5 +241,56 @@ async fn a_token_expired_within_the_leeway_is_accepted_but_its_session_ends_at_o
     ws.expect("token_expired", Duration::from_secs(2)).await?;
     ws.until_end(Duration::from_secs(5)).await?;
     assert_eq!(ws.closed().map(|c| c.code), Some(4001));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_token_not_yet_valid_within_the_leeway_is_accepted() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    // A backend whose clock runs 10 s ahead of the gateway's.
+    let early = sign(
+        JWT_SECRET,
+        &json!({"sub": "alice", "exp": now_secs() + 3600, "nbf": now_secs() + 10}),
+    );
+
+    gw.sse(&Connect::bearer(&early))
+        .await?
+        .expect("unread", DELIVERY)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_64_kib_token_is_refused_with_a_4xx_and_the_gateway_keeps_serving() -> anyhow::Result<()>
+{
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let huge = sign(
+        JWT_SECRET,
+        &json!({"sub": "alice", "exp": now_secs() + 3600, "pad": "x".repeat(64 * 1024)}),
+    );
+    let http = reqwest::Client::new();
+
+    for (how, request) in [
+        ("header", http.get(gw.url("/v1/stream")).bearer_auth(&huge)),
+        (
+            "query",
+            http.get(gw.url(&format!("/v1/stream?access_token={huge}"))),
+        ),
+    ] {
+        // Past the HTTP server's header limit: 431, never a 5xx and never a session.
+        let status = request.send().await?.status();
+        assert!(
+            status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                || status == StatusCode::UNAUTHORIZED,
+            "{how}: {status}"
+        );
+    }
+    let good = stack.token("alice").await?;
+    gw.sse(&Connect::bearer(&good))
+        .await?
+        .expect("unread", DELIVERY)
+        .await?;
     Ok(())
 }

@@ -22,7 +22,10 @@ use crate::{
     state::GatewayState,
 };
 
-#[get("/v1/iframe")]
+#[get(
+    "/v1/iframe",
+    wrap = "actix_web::middleware::from_fn(crate::connect_limit::limit_connects)"
+)]
 pub async fn iframe_stream(
     auth: AuthUser,
     req: HttpRequest,

@@ -20,7 +20,10 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 25;
 /// Notifications per answer at most; the client asks again at once with the new cursor.
 pub const MAX_BATCH: u64 = 100;
 
-#[get("/v1/poll")]
+#[get(
+    "/v1/poll",
+    wrap = "actix_web::middleware::from_fn(crate::connect_limit::limit_connects)"
+)]
 pub async fn poll(
     auth: AuthUser,
     req: HttpRequest,

@@ -16,7 +16,10 @@ use reddot_shared::error::ApiError;
 use super::{RETRY_MS, resume_cursor};
 use crate::{auth::AuthUser, session::Session, state::GatewayState};
 
-#[get("/v1/stream")]
+#[get(
+    "/v1/stream",
+    wrap = "actix_web::middleware::from_fn(crate::connect_limit::limit_connects)"
+)]
 pub async fn sse_stream(
     auth: AuthUser,
     req: HttpRequest,

@@ -37,7 +37,10 @@ enum Command {
     Ping,
 }
 
-#[get("/v1/ws")]
+#[get(
+    "/v1/ws",
+    wrap = "actix_web::middleware::from_fn(crate::connect_limit::limit_connects)"
+)]
 pub async fn ws_stream(
     auth: AuthUser,
     req: HttpRequest,

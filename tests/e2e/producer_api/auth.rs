@@ -62,3 +62,39 @@ async fn every_configured_api_key_is_accepted() -> anyhow::Result<()> {
     assert_eq!(count_rows(&stack, "notifications").await?, 2);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_admin_views_of_a_users_inbox_need_an_api_key() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    stack
+        .notify(&json!({"to": {"users": ["alice"]}, "title": "private"}))
+        .await?;
+
+    for path in [
+        "/api/v1/users/alice/notifications",
+        "/api/v1/users/alice/unread",
+    ] {
+        for (case, key) in [("missing", None), ("wrong", Some("not-a-key"))] {
+            let mut req = stack.http.get(stack.producer.url(path));
+            if let Some(key) = key {
+                req = req.bearer_auth(key);
+            }
+            let answer = Answer::from(req.send().await?).await?;
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{path}, {case}");
+            assert_eq!(answer.code(), "unauthorized", "{path}, {case}");
+            assert!(
+                !answer.json.to_string().contains("private"),
+                "{path}, {case}: {}",
+                answer.json
+            );
+        }
+        let ok = stack
+            .http
+            .get(stack.producer.url(path))
+            .bearer_auth(API_KEY)
+            .send()
+            .await?;
+        assert_eq!(ok.status(), StatusCode::OK, "{path} with the key");
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! What browsers are told: CORS only for the allowed origins (and never by the producer,
+//! which backends call), and the security headers of every HTML page: CSP,
+//! `nosniff`, `Referrer-Policy`, and framing denied except for the iframe transport,
+//! which only the allowed origin may frame.
+
+use reddot_tests::{Backend, ORIGIN, Stack, gateway::Gateway};
+use reqwest::{Method, StatusCode, header};
+
+const EVIL: &str = "http://evil.test";
+
+fn header_of(res: &reqwest::Response, name: header::HeaderName) -> Option<String> {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn cors_answers_the_allowed_origin_only_and_the_producer_answers_none() -> anyhow::Result<()>
+{
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let token = stack.token("alice").await?;
+
+    for origin in [ORIGIN, EVIL] {
+        let preflight = stack
+            .http
+            .request(Method::OPTIONS, gw.url("/v1/notifications/read"))
+            .header(header::ORIGIN, origin)
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+            .header(
+                header::ACCESS_CONTROL_REQUEST_HEADERS,
+                "authorization,content-type",
+            )
+            .send()
+            .await?;
+        let simple = stack
+            .http
+            .get(gw.url("/v1/unread"))
+            .bearer_auth(&token)
+            .header(header::ORIGIN, origin)
+            .send()
+            .await?;
+        let allowed = header_of(&preflight, header::ACCESS_CONTROL_ALLOW_ORIGIN);
+        let allowed_simple = header_of(&simple, header::ACCESS_CONTROL_ALLOW_ORIGIN);
+        if origin == ORIGIN {
+            assert_eq!(preflight.status(), StatusCode::OK);
+            assert_eq!(allowed.as_deref(), Some(ORIGIN));
+            assert_eq!(allowed_simple.as_deref(), Some(ORIGIN));
+        } else {
+            assert_eq!(allowed, None, "preflight from {origin}");
+            assert_eq!(allowed_simple, None, "GET from {origin}");
+        }
+        assert_ne!(allowed.as_deref(), Some("*"));
+    }
+
+    for origin in [ORIGIN, EVIL] {
+        let res = stack
+            .http
+            .post(stack.producer.url("/api/v1/tokens"))
+            .bearer_auth(reddot_tests::API_KEY)
+            .header(header::ORIGIN, origin)
+            .json(&serde_json::json!({"user_id": "alice"}))
+            .send()
+            .await?;
+        assert_eq!(
+            header_of(&res, header::ACCESS_CONTROL_ALLOW_ORIGIN),
+            None,
+            "producer, {origin}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn html_pages_carry_csp_nosniff_and_referrer_policy_and_only_the_iframe_may_be_framed()
+-> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let token = stack.token("alice").await?;
+
+    let demo = stack.http.get(gw.url("/")).send().await?;
+    let admin = stack.http.get(stack.producer.url("/admin")).send().await?;
+    let iframe = stack
+        .http
+        .get(gw.url(&format!("/v1/iframe?origin={ORIGIN}&access_token={token}")))
+        .send()
+        .await?;
+
+    for (page, res) in [("/", &demo), ("/admin", &admin), ("/v1/iframe", &iframe)] {
+        assert_eq!(res.status(), StatusCode::OK, "{page}");
+        assert!(
+            header_of(res, header::CONTENT_TYPE).is_some_and(|t| t.starts_with("text/html")),
+            "{page}"
+        );
+        assert_eq!(
+            header_of(res, header::X_CONTENT_TYPE_OPTIONS).as_deref(),
+            Some("nosniff"),
+            "{page}"
+        );
+        assert_eq!(
+            header_of(res, header::REFERRER_POLICY).as_deref(),
+            Some("no-referrer"),
+            "{page}"
+        );
+        let csp = header_of(res, header::CONTENT_SECURITY_POLICY).unwrap_or_default();
+        assert!(csp.starts_with("default-src 'none'"), "{page}: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{page}: {csp}");
+        assert!(!csp.contains("unsafe-eval"), "{page}: {csp}");
+    }
+    for (page, res) in [("/", &demo), ("/admin", &admin)] {
+        let csp = header_of(res, header::CONTENT_SECURITY_POLICY).unwrap_or_default();
+        assert!(csp.contains("frame-ancestors 'none'"), "{page}: {csp}");
+        assert_eq!(
+            header_of(res, header::X_FRAME_OPTIONS).as_deref(),
+            Some("DENY"),
+            "{page}"
+        );
+    }
+    // The iframe transport exists to be framed, by the page's origin only.
+    let csp = header_of(&iframe, header::CONTENT_SECURITY_POLICY).unwrap_or_default();
+    assert!(csp.contains(&format!("frame-ancestors {ORIGIN}")), "{csp}");
+    assert_eq!(header_of(&iframe, header::X_FRAME_OPTIONS), None);
+
+    // JSON answers are not sniffable either, on both services.
+    for res in [
+        stack.http.get(gw.url("/healthz")).send().await?,
+        stack
+            .http
+            .get(stack.producer.url("/healthz"))
+            .send()
+            .await?,
+    ] {
+        assert_eq!(
+            header_of(&res, header::X_CONTENT_TYPE_OPTIONS).as_deref(),
+            Some("nosniff")
+        );
+    }
+    Ok(())
+}
