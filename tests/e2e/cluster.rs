@@ -372,7 +372,7 @@ async fn a_cluster_delivers_everything_once_in_order_and_loses_nothing_when_a_ga
     for user in ONLINE {
         let token = stack.token(user).await?;
         for (_, transport, node) in layout.iter().filter(|(u, ..)| *u == user) {
-            sessions.push(Session::open(&nodes, *node, user, *transport, &token).await?);
+            sessions.push(Session::open(&nodes, *node, user, transport, &token).await?);
         }
     }
     let ledger = Arc::new(Ledger::default());
