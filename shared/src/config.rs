@@ -97,6 +97,33 @@ pub struct Settings {
     pub client_ip_header: Option<String>,
 }
 
+/// Every variable [`Settings`] reads, for tooling that checks deployment files (a
+/// unit test keeps it in lockstep with the names used below).
+pub const ENV_VARS: &[&str] = &[
+    "REDDOT_DATABASE_URL",
+    "REDDOT_AMQP_URL",
+    "REDDOT_JWT_SECRET",
+    "REDDOT_API_KEYS",
+    "REDDOT_ALLOWED_ORIGINS",
+    "REDDOT_PRODUCER_ADDR",
+    "REDDOT_GATEWAY_ADDR",
+    "REDDOT_NODE_ID",
+    "REDDOT_REPLAY_CAP",
+    "REDDOT_DEV",
+    "REDDOT_LOG_FORMAT",
+    "REDDOT_MAX_BODY_BYTES",
+    "REDDOT_DB_MAX_CONNECTIONS",
+    "REDDOT_RELAY_POLL_MS",
+    "REDDOT_RETENTION_AFTER_EXPIRY_SECS",
+    "REDDOT_SESSION_BUFFER",
+    "REDDOT_HEARTBEAT_SECS",
+    "REDDOT_MAX_SESSIONS_PER_USER",
+    "REDDOT_MAX_CONNECTIONS",
+    "REDDOT_POLL_CACHE_SECS",
+    "REDDOT_UNBIND_DELAY_SECS",
+    "REDDOT_MQTT_PUBLISH",
+];
+
 /// Development values used under `REDDOT_DEV=1` only.
 pub const DEV_JWT_SECRET: &str = "reddot-dev-secret-change-me";
 pub const DEV_API_KEY: &str = "dev-api-key";
@@ -337,6 +364,18 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Settings::from_lookup(service, |k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn env_vars_lists_exactly_the_variables_this_module_reads() {
+        let source = include_str!("config.rs");
+        let named: std::collections::BTreeSet<&str> = source
+            .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+            .filter(|word| word.starts_with("REDDOT_") && word.len() > "REDDOT_".len())
+            .collect();
+        let listed: std::collections::BTreeSet<&str> = ENV_VARS.iter().copied().collect();
+        assert_eq!(listed.len(), ENV_VARS.len(), "ENV_VARS has a duplicate");
+        assert_eq!(named, listed);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What several e2e modules need beyond the harness: a stack with a tailored producer,
-//! requests that keep their headers, row counts, and waiting for a condition with a
-//! deadline instead of sleeping.
+//! requests that keep their headers, row counts, which producer leads the relay, and
+//! waiting for a condition with a deadline instead of sleeping.
 
 use std::{future::Future, time::Duration};
 
@@ -117,4 +117,17 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The producer's `reddot_relay_leader` gauge (1 while it holds the relay lease).
+pub async fn leads(http: &reqwest::Client, producer: &Service) -> anyhow::Result<bool> {
+    let text = http
+        .get(producer.url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .any(|l| l.starts_with("reddot_relay_leader") && l.ends_with(" 1")))
 }

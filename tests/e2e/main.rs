@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cluster;
+mod compose;
 mod faults;
 mod gateway_auth;
 mod gateway_bindings;

@@ -9,7 +9,7 @@ use reddot_tests::{Backend, Service, ServiceKind, Stack, TestConsumer, stack::se
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::eventually;
+use crate::helpers::{eventually, leads};
 
 const USERS: [&str; 5] = ["ann", "ben", "cat", "dan", "eve"];
 const POSTS_PER_CLIENT: usize = 100;
@@ -102,19 +102,6 @@ async fn concurrent_clients_notifications_are_published_once_each_in_id_order() 
 
     assert_eq!(acked.len(), 8 * POSTS_PER_CLIENT);
     assert_received_once_in_order(&mut consumer, &acked).await
-}
-
-/// The producer's `reddot_relay_leader` gauge (1 while it holds the relay lease).
-async fn leads(http: &reqwest::Client, producer: &Service) -> anyhow::Result<bool> {
-    let text = http
-        .get(producer.url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .any(|l| l.starts_with("reddot_relay_leader") && l.ends_with(" 1")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
