@@ -35,54 +35,29 @@ pub async fn replay(
     limit: u64,
     now_ms: i64,
 ) -> Result<Vec<Notification>, StoreError> {
-    let args = || {
+    // One statement, so one snapshot: as two, a targeted notification committed between
+    // them could be missed while a later broadcast is returned, and the session would
+    // then skip it as already sent.
+    let rows = NotificationRow::find_by_statement(stmt(
+        db,
+        &format!(
+            "SELECT * FROM (SELECT {NOTIFICATION_COLUMNS} FROM recipients r JOIN notifications n ON n.id = r.notification_id \
+             WHERE {TARGETED_VISIBLE} AND r.notification_id > $3 ORDER BY r.notification_id LIMIT $4) t \
+             UNION ALL \
+             SELECT * FROM (SELECT {NOTIFICATION_COLUMNS} FROM notifications n WHERE {BROADCAST_VISIBLE} AND n.id > $3 \
+             ORDER BY n.id LIMIT $4) b \
+             ORDER BY id LIMIT $4"
+        ),
         [
             user.as_str().into(),
             now_ms.into(),
             after.into(),
             (limit as i64).into(),
-        ]
-    };
-    let targeted = NotificationRow::find_by_statement(stmt(
-        db,
-        &format!(
-            "SELECT {NOTIFICATION_COLUMNS} FROM recipients r JOIN notifications n ON n.id = r.notification_id \
-             WHERE {TARGETED_VISIBLE} AND r.notification_id > $3 ORDER BY r.notification_id LIMIT $4"
-        ),
-        args(),
+        ],
     ))
     .all(db)
     .await?;
-    let broadcasts = NotificationRow::find_by_statement(stmt(
-        db,
-        &format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications n WHERE {BROADCAST_VISIBLE} AND n.id > $3 ORDER BY n.id LIMIT $4"),
-        args(),
-    ))
-    .all(db)
-    .await?;
-    merge_by_id(targeted, broadcasts, limit as usize)
-}
-
-/// Merges two id-sorted lists into one, keeping the first `limit`.
-pub(crate) fn merge_by_id(
-    a: Vec<NotificationRow>,
-    b: Vec<NotificationRow>,
-    limit: usize,
-) -> Result<Vec<Notification>, StoreError> {
-    let mut out = Vec::with_capacity((a.len() + b.len()).min(limit));
-    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
-    while out.len() < limit {
-        let next = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) if x.id <= y.id => a.next(),
-            (Some(_), Some(_)) => b.next(),
-            (Some(_), None) => a.next(),
-            (None, Some(_)) => b.next(),
-            (None, None) => None,
-        };
-        let Some(row) = next else { break };
-        out.push(Notification::try_from(row)?);
-    }
-    Ok(out)
+    rows.into_iter().map(Notification::try_from).collect()
 }
 
 /// The newest id visible to `user`, 0 if none.
@@ -95,23 +70,21 @@ pub async fn latest_id(
     struct Latest {
         id: Option<i64>,
     }
-    let targeted = Latest::find_by_statement(stmt(
+    // One statement (one snapshot), for the reason given in `replay`.
+    let latest = Latest::find_by_statement(stmt(
         db,
-        &format!("SELECT MAX(r.notification_id) AS id FROM recipients r WHERE {TARGETED_VISIBLE}"),
+        &format!(
+            "SELECT MAX(id) AS id FROM (\
+             SELECT MAX(r.notification_id) AS id FROM recipients r WHERE {TARGETED_VISIBLE} \
+             UNION ALL \
+             SELECT MAX(n.id) AS id FROM notifications n WHERE {BROADCAST_VISIBLE}) t"
+        ),
         [user.as_str().into(), now_ms.into()],
     ))
     .one(db)
     .await?
     .and_then(|l| l.id);
-    let broadcast = Latest::find_by_statement(stmt(
-        db,
-        &format!("SELECT MAX(n.id) AS id FROM notifications n WHERE {BROADCAST_VISIBLE}"),
-        [user.as_str().into(), now_ms.into()],
-    ))
-    .one(db)
-    .await?
-    .and_then(|l| l.id);
-    Ok(targeted.unwrap_or(0).max(broadcast.unwrap_or(0)))
+    Ok(latest.unwrap_or(0))
 }
 
 /// The unread count of `user` with its split by kind, as of the newest visible id.
