@@ -122,6 +122,9 @@ pub const ENV_VARS: &[&str] = &[
     "REDDOT_POLL_CACHE_SECS",
     "REDDOT_UNBIND_DELAY_SECS",
     "REDDOT_MQTT_PUBLISH",
+    "REDDOT_CONNECT_RATE_PER_IP",
+    "REDDOT_CONNECT_BURST_PER_IP",
+    "REDDOT_CLIENT_IP_HEADER",
 ];
 
 /// Development values used under `REDDOT_DEV=1` only.
