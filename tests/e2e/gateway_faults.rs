@@ -12,6 +12,8 @@ use reddot_tests::{
 };
 use serde_json::json;
 
+use crate::helpers::eventually;
+
 const DELIVERY: Duration = Duration::from_secs(20);
 
 /// Posts `n` notifications alternating between alice and bob, then a broadcast; returns
@@ -295,5 +297,61 @@ async fn a_client_that_stops_reading_is_disconnected_while_another_session_of_th
         resumed.ids_until(last, DELIVERY).await?,
         posted[got.len()..]
     );
+    Ok(())
+}
+
+/// `host:port` of a `postgres://user@host:port/db` URL.
+fn host_port(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority.rsplit('@').next().unwrap_or(authority)
+}
+
+/// The gateway's database cut (the producer's is not): open sessions keep receiving
+/// live notifications (they come from the broker), a new session cannot be served
+/// meanwhile (503, never a session that silently misses its replay), and once the
+/// database is back a resume replays everything after the client's last id.
+#[tokio::test]
+async fn while_the_gateways_database_is_cut_live_streams_flow_and_resumes_return_after()
+-> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Postgres).await?;
+    let proxy = Proxy::start(host_port(&stack.db.url)).await?;
+    let proxied = stack
+        .db
+        .url
+        .replacen(host_port(&stack.db.url), &proxy.addr, 1);
+    let gw = Gateway::start_with("node-a", Env::new(&proxied, &stack.vhost.url())).await?;
+    let token = stack.token("alice").await?;
+    let mut live = gw.sse(&Connect::bearer(&token)).await?;
+    live.expect("unread", DELIVERY).await?;
+
+    proxy.cut();
+    let mut during = Vec::new();
+    for i in 0..5 {
+        during.push(
+            stack
+                .notify(&to_users(&["alice"], &format!("cut {i}")))
+                .await?,
+        );
+    }
+    during.push(stack.notify(&to_all("cut broadcast")).await?);
+    let last = *during.last().unwrap_or(&0);
+    assert_eq!(
+        live.ids_until(last, DELIVERY).await?,
+        during,
+        "live stream during the cut"
+    );
+    let refused = gw.sse(&Connect::bearer(&token).after(during[0])).await;
+    let err = refused.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(err.contains("503"), "a resume during the cut: {err:?}");
+
+    proxy.restore();
+    let mut resumed = eventually(
+        Duration::from_secs(30),
+        "a resume succeeds again",
+        || async { Ok(gw.sse(&Connect::bearer(&token).after(during[0])).await.ok()) },
+    )
+    .await?;
+    assert_eq!(resumed.ids_until(last, DELIVERY).await?, during[1..]);
     Ok(())
 }
