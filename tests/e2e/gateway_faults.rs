@@ -355,3 +355,82 @@ async fn while_the_gateways_database_is_cut_live_streams_flow_and_resumes_return
     assert_eq!(resumed.ids_until(last, DELIVERY).await?, during[1..]);
     Ok(())
 }
+
+/// RabbitMQ unreachable for 10 s, for the producer and both gateway nodes, while
+/// notifications keep being posted (~25/s): every acknowledged notification reaches
+/// every online session of its user exactly once, in id order.
+#[tokio::test]
+async fn rabbitmq_down_for_10_s_under_steady_load_loses_and_repeats_nothing() -> anyhow::Result<()>
+{
+    let proxy = Proxy::start(&amqp_addr()).await?;
+    let stack = crate::helpers::stack_with(Backend::Postgres, |db, vhost| {
+        Env::new(&db.url, &vhost.url_via(&proxy.addr))
+    })
+    .await?;
+    let env = || Env::new(&stack.db.url, &stack.vhost.url_via(&proxy.addr));
+    let a = Gateway::start_with("node-a", env()).await?;
+    let b = Gateway::start_with("node-b", env()).await?;
+    for gw in [&a, &b] {
+        gw.readyz_until(DELIVERY, "consuming from RabbitMQ", |r| {
+            r["rabbitmq"] == "ok"
+        })
+        .await?;
+    }
+    let (alice, bob) = (stack.token("alice").await?, stack.token("bob").await?);
+    let mut alice_sessions: Vec<Client> = vec![
+        a.client("sse", &Connect::bearer(&alice)).await?,
+        b.client("ws", &Connect::bearer(&alice)).await?,
+    ];
+    let mut bob_sessions: Vec<Client> = vec![
+        a.client("ws", &Connect::bearer(&bob)).await?,
+        b.client("sse", &Connect::bearer(&bob)).await?,
+    ];
+
+    // Steady posting: 2 s before the cut, 10 s of outage, 2 s after.
+    let started = tokio::time::Instant::now();
+    let (mut hers, mut his) = (Vec::new(), Vec::new());
+    let mut cut = false;
+    let mut restored = false;
+    let mut i = 0u32;
+    while started.elapsed() < Duration::from_secs(14) {
+        if !cut && started.elapsed() >= Duration::from_secs(2) {
+            proxy.cut();
+            cut = true;
+        }
+        if cut && !restored && started.elapsed() >= Duration::from_secs(12) {
+            proxy.restore();
+            restored = true;
+        }
+        let title = format!("steady {i}");
+        match i % 10 {
+            9 => {
+                let id = stack.notify(&to_all(&title)).await?;
+                hers.push(id);
+                his.push(id);
+            }
+            n if n % 2 == 0 => hers.push(stack.notify(&to_users(&["alice"], &title)).await?),
+            _ => his.push(stack.notify(&to_users(&["bob"], &title)).await?),
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let end = stack.notify(&to_all("the end")).await?;
+    hers.push(end);
+    his.push(end);
+
+    for (sessions, expected, user) in [
+        (&mut alice_sessions, &hers, "alice"),
+        (&mut bob_sessions, &his, "bob"),
+    ] {
+        let got = try_join_all(
+            sessions
+                .iter_mut()
+                .map(|s| s.ids_until(end, Duration::from_secs(60))),
+        )
+        .await?;
+        for (ids, s) in got.iter().zip(sessions.iter()) {
+            assert_eq!(ids, expected, "{user}'s {} session", s.transport());
+        }
+    }
+    Ok(())
+}
