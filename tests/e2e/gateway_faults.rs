@@ -434,3 +434,90 @@ async fn rabbitmq_down_for_10_s_under_steady_load_loses_and_repeats_nothing() ->
     }
     Ok(())
 }
+
+/// A node carrying 1,000 sessions (100 users × 10, SSE and WebSocket) is SIGKILLed
+/// while notifications keep coming: every session resumes on the other node from its
+/// last id and ends with exactly its user's notifications, once each, in order.
+#[tokio::test]
+async fn a_thousand_sessions_of_a_killed_node_resume_on_another_and_miss_nothing()
+-> anyhow::Result<()> {
+    const USERS: usize = 100;
+    const PER_USER: usize = 10;
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let env = || stack.env().with("REDDOT_MAX_SESSIONS_PER_USER", "100");
+    let mut a = Gateway::start_with("node-a", env()).await?;
+    let b = Gateway::start_with("node-b", env()).await?;
+    let users: Vec<String> = (0..USERS).map(|u| format!("user{u}")).collect();
+    let mut tokens = Vec::with_capacity(USERS);
+    for user in &users {
+        tokens.push(stack.token(user).await?);
+    }
+    let to_everyone =
+        |title: &str| json!({"to": {"users": users}, "kind": "comment", "title": title});
+    // (user index, transport) of each session; half SSE, half WebSocket.
+    let plan: Vec<(usize, &str)> = (0..USERS * PER_USER)
+        .map(|i| (i % USERS, if i % 2 == 0 { "sse" } else { "ws" }))
+        .collect();
+    let mut sessions: Vec<Client> = Vec::with_capacity(plan.len());
+    for chunk in plan.chunks(50) {
+        sessions.extend(
+            try_join_all(chunk.iter().map(|(u, t)| {
+                let connect = Connect::query_token(&tokens[*u]).after_in_query(0);
+                let a = &a;
+                async move { a.client(t, &connect).await }
+            }))
+            .await?,
+        );
+    }
+    let mut expected = vec![stack.notify(&to_everyone("before")).await?];
+    expected.push(stack.notify(&to_all("before, to all")).await?);
+    let before_end = expected[1];
+    try_join_all(
+        sessions
+            .iter_mut()
+            .map(|s| s.ids_until(before_end, DELIVERY)),
+    )
+    .await?;
+
+    a.kill();
+    for i in 0..3 {
+        expected.push(stack.notify(&to_everyone(&format!("during {i}"))).await?);
+    }
+    expected.push(stack.notify(&to_all("during, to all")).await?);
+
+    // Each session: what it read before the connection died, then a resume on node b.
+    let mut resumed: Vec<(Vec<i64>, Client)> = Vec::with_capacity(sessions.len());
+    let mut old = sessions.into_iter().zip(&plan).collect::<Vec<_>>();
+    while !old.is_empty() {
+        let chunk: Vec<_> = old.drain(..old.len().min(50)).collect();
+        resumed.extend(
+            try_join_all(chunk.into_iter().map(|(mut s, (u, t))| {
+                let (b, token, head) = (&b, &tokens[*u], expected[..2].to_vec());
+                async move {
+                    let mut ids = head;
+                    let tail = s.until_end(DELIVERY).await?;
+                    ids.extend(tail.iter().filter_map(|e| e.notification_id()));
+                    let last = ids.last().copied().unwrap_or(0);
+                    let connect = Connect::query_token(token).after_in_query(last);
+                    anyhow::Ok((ids, b.client(t, &connect).await?))
+                }
+            }))
+            .await?,
+        );
+    }
+    expected.push(stack.notify(&to_everyone("after")).await?);
+    let end = *expected.last().unwrap_or(&0);
+    let finished = try_join_all(resumed.into_iter().map(|(mut ids, mut s)| async move {
+        ids.extend(s.ids_until(end, DELIVERY).await?);
+        anyhow::Ok((ids, s.transport()))
+    }))
+    .await?;
+    for (i, (ids, transport)) in finished.iter().enumerate() {
+        assert_eq!(
+            ids, &expected,
+            "session {i} ({transport}) of user{}",
+            plan[i].0
+        );
+    }
+    Ok(())
+}
