@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::helpers::{count_rows, eventually, get, post_json, stack_with};
+use crate::helpers::{count_rows, eventually, get, host_port, post_json, stack_with};
 
 fn for_alice(title: impl Into<String>) -> Value {
     json!({"to": {"users": ["alice"]}, "title": title.into()})
@@ -150,13 +150,6 @@ async fn postgres_a_producer_killed_before_publishing_leaves_its_notifications_t
 -> anyhow::Result<()> {
     a_producer_killed_before_publishing_leaves_its_notifications_to_the_next_one(Backend::Postgres)
         .await
-}
-
-/// `host:port` of a `postgres://user@host:port/db` URL.
-fn host_port(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    authority.rsplit('@').next().unwrap_or(authority)
 }
 
 #[tokio::test]

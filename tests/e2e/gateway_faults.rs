@@ -12,7 +12,7 @@ use reddot_tests::{
 };
 use serde_json::json;
 
-use crate::helpers::eventually;
+use crate::helpers::{eventually, host_port};
 
 const DELIVERY: Duration = Duration::from_secs(20);
 
@@ -42,12 +42,8 @@ async fn post_round(
     Ok((alice, bob, broadcast))
 }
 
-async fn sessions_miss_nothing_when_the_gateways_rabbitmq_connection_is_cut_and_restored(
-    backend: Backend,
-) -> anyhow::Result<()> {
-    // Arrange: two nodes reach RabbitMQ through a proxy; the producer reaches it directly.
-    let proxy = Proxy::start(&amqp_addr()).await?;
-    let stack = Stack::start(backend).await?;
+/// Nodes a and b of `stack`, reaching RabbitMQ through `proxy`, once both consume.
+async fn two_nodes_via(stack: &Stack, proxy: &Proxy) -> anyhow::Result<(Gateway, Gateway)> {
     let env = || Env::new(&stack.db.url, &stack.vhost.url_via(&proxy.addr));
     let a = Gateway::start_with("node-a", env()).await?;
     let b = Gateway::start_with("node-b", env()).await?;
@@ -57,6 +53,16 @@ async fn sessions_miss_nothing_when_the_gateways_rabbitmq_connection_is_cut_and_
         })
         .await?;
     }
+    Ok((a, b))
+}
+
+async fn sessions_miss_nothing_when_the_gateways_rabbitmq_connection_is_cut_and_restored(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    // Arrange: two nodes reach RabbitMQ through a proxy; the producer reaches it directly.
+    let proxy = Proxy::start(&amqp_addr()).await?;
+    let stack = Stack::start(backend).await?;
+    let (a, b) = two_nodes_via(&stack, &proxy).await?;
     // Older notifications: sessions opened without a cursor must never be sent them.
     let old = stack.notify(&to_users(&["alice", "bob"], "old")).await?;
     let (alice, bob) = (stack.token("alice").await?, stack.token("bob").await?);
@@ -300,13 +306,6 @@ async fn a_client_that_stops_reading_is_disconnected_while_another_session_of_th
     Ok(())
 }
 
-/// `host:port` of a `postgres://user@host:port/db` URL.
-fn host_port(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    authority.rsplit('@').next().unwrap_or(authority)
-}
-
 /// The gateway's database cut (the producer's is not): open sessions keep receiving
 /// live notifications (they come from the broker), a new session cannot be served
 /// meanwhile (503, never a session that silently misses its replay), and once the
@@ -367,15 +366,7 @@ async fn rabbitmq_down_for_10_s_under_steady_load_loses_and_repeats_nothing() ->
         Env::new(&db.url, &vhost.url_via(&proxy.addr))
     })
     .await?;
-    let env = || Env::new(&stack.db.url, &stack.vhost.url_via(&proxy.addr));
-    let a = Gateway::start_with("node-a", env()).await?;
-    let b = Gateway::start_with("node-b", env()).await?;
-    for gw in [&a, &b] {
-        gw.readyz_until(DELIVERY, "consuming from RabbitMQ", |r| {
-            r["rabbitmq"] == "ok"
-        })
-        .await?;
-    }
+    let (a, b) = two_nodes_via(&stack, &proxy).await?;
     let (alice, bob) = (stack.token("alice").await?, stack.token("bob").await?);
     let mut alice_sessions: Vec<Client> = vec![
         a.client("sse", &Connect::bearer(&alice)).await?,

@@ -131,3 +131,10 @@ pub async fn leads(http: &reqwest::Client, producer: &Service) -> anyhow::Result
         .lines()
         .any(|l| l.starts_with("reddot_relay_leader") && l.ends_with(" 1")))
 }
+
+/// `host:port` of a `postgres://user@host:port/db` URL.
+pub fn host_port(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority.rsplit('@').next().unwrap_or(authority)
+}
