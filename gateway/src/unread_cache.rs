@@ -13,6 +13,10 @@
 //! `304` never hides a notification committed before the request, even one still on its
 //! way through the broker. What only the broker tells — a read on another node — shows
 //! as soon as its event arrives (milliseconds).
+//!
+//! Watermarks are read in batches ([`MarkReader`]): every poll waiting when a read
+//! starts shares that one statement, and a poll arriving during a read waits for the
+//! next one, so each answer still comes from a read that began after its request.
 
 use std::{
     collections::HashMap,
@@ -30,13 +34,18 @@ use reddot_shared::{
 };
 use sea_orm::DatabaseConnection;
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, Membership};
 
 /// Events queued for a watcher; it drains at once, so a few suffice.
 const WATCH_BUFFER: usize = 16;
+/// Polls sharing one watermark statement at most (SQLite caps a compound `SELECT` at
+/// 500 parts).
+const MARK_BATCH: usize = 128;
+/// Watermark statements in flight at once: while one runs, the next batch gathers.
+const MARK_READERS: usize = 2;
 
 /// One unread answer: its JSON body and the `ETag` derived from it.
 #[derive(Debug, Clone)]
@@ -61,6 +70,7 @@ impl View {
 
 pub struct UnreadCache {
     db: DatabaseConnection,
+    marks: MarkReader,
     hub: Arc<Hub>,
     linger: Duration,
     users: Mutex<HashMap<String, Arc<Watched>>>,
@@ -102,6 +112,7 @@ impl UnreadCache {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
+            marks: MarkReader::start(db.clone()),
             db,
             hub,
             linger,
@@ -113,7 +124,8 @@ impl UnreadCache {
     /// The user's cached view, if nothing changed since it was read. Hub events (from
     /// the broker) invalidate it; since a notification committed a moment ago may not
     /// have reached this node yet, a hit is also checked against the user's watermark in
-    /// the database (two index lookups instead of counting her rows).
+    /// the database (two index lookups instead of counting her rows). A failed
+    /// watermark read is a miss: the caller then reads, and reports, the database.
     pub async fn cached(self: &Arc<Self>, user: &UserId) -> Result<Option<View>, StoreError> {
         let now = now_ms();
         let Some(watched) = self.watch(user, now) else {
@@ -127,7 +139,7 @@ impl UnreadCache {
         let Some((view, mark)) = hit else {
             return Ok(None);
         };
-        Ok((inbox::watermark(&self.db, user).await? == mark).then_some(view))
+        Ok((self.marks.read(user).await == Some(mark)).then_some(view))
     }
 
     /// Reads the user's view from the database and caches it for her next polls.
@@ -230,5 +242,55 @@ impl UnreadCache {
         w.invalidate();
         drop(users);
         drop(membership);
+    }
+}
+
+type MarkRequest = (String, oneshot::Sender<Option<inbox::Watermark>>);
+
+/// Reads watermarks for many polls in one statement (see the module docs).
+struct MarkReader {
+    tx: mpsc::Sender<MarkRequest>,
+}
+
+impl MarkReader {
+    fn start(db: DatabaseConnection) -> Self {
+        let (tx, rx) = mpsc::channel(4 * MARK_BATCH);
+        let rx = Arc::new(AsyncMutex::new(rx));
+        for _ in 0..MARK_READERS {
+            tokio::spawn(read_marks(db.clone(), rx.clone()));
+        }
+        Self { tx }
+    }
+
+    /// The user's watermark from a read that started after this call; `None` if the
+    /// read failed.
+    async fn read(&self, user: &UserId) -> Option<inbox::Watermark> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((user.as_str().to_owned(), reply)).await.ok()?;
+        answer.await.ok().flatten()
+    }
+}
+
+/// One batch reader: takes every request waiting (up to [`MARK_BATCH`]), reads their
+/// users' watermarks in one statement, answers them. Ends with the cache.
+async fn read_marks(db: DatabaseConnection, rx: Arc<AsyncMutex<mpsc::Receiver<MarkRequest>>>) {
+    let mut batch = Vec::with_capacity(MARK_BATCH);
+    loop {
+        if rx.lock().await.recv_many(&mut batch, MARK_BATCH).await == 0 {
+            return;
+        }
+        let mut users: Vec<&str> = batch.iter().map(|(u, _)| u.as_str()).collect();
+        users.sort_unstable();
+        users.dedup();
+        let marks = match inbox::watermarks(&db, &users).await {
+            Ok(marks) => marks,
+            Err(err) => {
+                tracing::warn!(error = %err, "watermark read failed; polls read the database");
+                HashMap::new()
+            }
+        };
+        for (user, reply) in batch.drain(..) {
+            let _ = reply.send(marks.get(&user).copied());
+        }
     }
 }

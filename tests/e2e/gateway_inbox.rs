@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use reddot_tests::{
     API_KEY, Backend, ORIGIN, Stack,
     gateway::{Gateway, to_all, to_users},
@@ -576,6 +577,67 @@ async fn short_polling_never_answers_304_after_a_new_notification() -> anyhow::R
             assert_eq!(changed.json["count"], round, "{backend:?} round {round}");
             assert_eq!(changed.json["latest_id"], id);
             etag = etag_of(&changed)?;
+        }
+    }
+    Ok(())
+}
+
+/// Concurrent polls share one watermark read: each must still get her own answer.
+/// Twenty users poll at once (twice unchanged, so cached), then a notification to half
+/// of them is acknowledged, and at once all twenty poll again: exactly that half sees
+/// it, the others stay `304`.
+#[tokio::test]
+async fn concurrent_short_polls_of_many_users_each_see_only_their_own_changes() -> anyhow::Result<()>
+{
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let stack = Stack::start(backend).await?;
+        let gw = Gateway::start(&stack, "node-a").await?;
+        let users: Vec<String> = (0..20).map(|i| format!("poller.{i}")).collect();
+        let mut tokens = Vec::new();
+        for user in &users {
+            tokens.push(stack.token(user).await?);
+        }
+        let mut etags = Vec::new();
+        for answer in join_all(tokens.iter().map(|t| get(&stack, &gw, t, "/v1/unread"))).await {
+            etags.push(etag_of(&answer?)?);
+        }
+        let poll_all = || {
+            join_all(
+                tokens
+                    .iter()
+                    .zip(&etags)
+                    .map(|(t, e)| unread_if_none_match(&stack, &gw, t, e)),
+            )
+        };
+        for _ in 0..2 {
+            for (user, answer) in users.iter().zip(poll_all().await) {
+                let answer = answer?;
+                assert_eq!(
+                    answer.status,
+                    StatusCode::NOT_MODIFIED,
+                    "{backend:?} {user}: {answer:?}"
+                );
+            }
+        }
+        let half: Vec<&str> = users.iter().take(10).map(String::as_str).collect();
+        let id = stack.notify(&to_users(&half, "for half")).await?;
+        for (i, (user, answer)) in users.iter().zip(poll_all().await).enumerate() {
+            let answer = answer?;
+            if i < 10 {
+                assert_eq!(
+                    answer.status,
+                    StatusCode::OK,
+                    "{backend:?} {user}: a 304 hid {id}"
+                );
+                assert_eq!(answer.json["count"], 1, "{backend:?} {user}");
+                assert_eq!(answer.json["latest_id"], id, "{backend:?} {user}");
+            } else {
+                assert_eq!(
+                    answer.status,
+                    StatusCode::NOT_MODIFIED,
+                    "{backend:?} {user}: {answer:?}"
+                );
+            }
         }
     }
     Ok(())

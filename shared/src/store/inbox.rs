@@ -3,7 +3,7 @@
 //! deleted by the user. Broadcasts have no per-user row until read or deleted (fan-out
 //! on read), so every query has a targeted half and a broadcast half.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sea_orm::{ConnectionTrait, FromQueryResult};
 use serde::Serialize;
@@ -143,6 +143,46 @@ pub async fn watermark(db: &impl ConnectionTrait, user: &UserId) -> Result<Water
     .one(db)
     .await?
     .ok_or_else(|| StoreError::Corrupt("watermark query returned no row".into()))
+}
+
+/// [`watermark`] for several users in one statement: one round trip however many
+/// polls are waiting. Users with no row still get an entry (`targeted: None`).
+pub async fn watermarks(
+    db: &impl ConnectionTrait,
+    users: &[&str],
+) -> Result<HashMap<String, Watermark>, StoreError> {
+    if users.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // A derived table of the users, each with her own MAX lookup: `GROUP BY` over an
+    // `IN` list would walk every row of every user instead of one index edge each.
+    let mut ids = String::with_capacity(users.len() * 24);
+    for i in 1..=users.len() {
+        if i > 1 {
+            ids.push_str(" UNION ALL ");
+        }
+        ids.push_str(&format!("SELECT CAST(${i} AS TEXT) AS id"));
+    }
+    let rows = db
+        .query_all_raw(stmt(
+            db,
+            &format!(
+                "SELECT u.id AS user_id,                  (SELECT MAX(notification_id) FROM recipients r WHERE r.user_id = u.id) AS targeted,                  (SELECT MAX(id) FROM notifications WHERE audience = 'all') AS broadcast                  FROM ({ids}) u"
+            ),
+            users.iter().map(|u| (*u).into()),
+        ))
+        .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in rows {
+        out.insert(
+            row.try_get::<String>("", "user_id")?,
+            Watermark {
+                targeted: row.try_get("", "targeted")?,
+                broadcast: row.try_get("", "broadcast")?,
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// The next moment something the user may see expires, which changes her counts or her
