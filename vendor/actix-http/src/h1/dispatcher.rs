@@ -43,6 +43,27 @@ const MAX_PIPELINED_MESSAGES: usize = 16;
 /// Write buffer capacity at which we reallocate it after flushing.
 const WRITE_BUFFER_RETENTION_LIMIT: usize = 1024 * 128;
 
+/// reddot: reads into a small stack buffer while `buf` holds no allocation, and only
+/// allocates it once bytes arrive: waiting for readiness costs an idle connection no heap.
+fn poll_read_probe<T: AsyncRead + Unpin>(
+    io: Pin<&mut T>,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let mut probe = [0u8; LW_BUFFER_SIZE];
+    let mut read = tokio::io::ReadBuf::new(&mut probe);
+    ready!(io.poll_read(cx, &mut read))?;
+    let n = read.filled().len();
+    if n > 0 {
+        // Sized for what came: most request heads fit, and a short-lived 8 KiB buffer
+        // per request would leave holes between the long-lived allocations of streaming
+        // connections. A larger request grows the buffer as before.
+        buf.reserve(LW_BUFFER_SIZE);
+        buf.extend_from_slice(read.filled());
+    }
+    Poll::Ready(Ok(n))
+}
+
 bitflags! {
     #[derive(Debug, Clone, Copy)]
     pub struct Flags: u8 {
@@ -211,8 +232,11 @@ pin_project! {
         B: MessageBody,
     {
         None,
-        ExpectCall { #[pin] fut: X::Future },
-        ServiceCall { #[pin] fut: S::Future },
+        // reddot: the futures are boxed. Inline, the service future (the whole
+        // middleware chain) sized this enum, and so every connection's task, even while
+        // it only streams a response body.
+        ExpectCall { fut: Pin<Box<X::Future>> },
+        ServiceCall { fut: Pin<Box<S::Future>> },
         SendPayload { #[pin] body: B },
         SendErrorPayload { #[pin] body: BoxBody },
     }
@@ -304,8 +328,10 @@ where
                     graceful_shutdown: config.graceful_shutdown(),
 
                     io: Some(io),
-                    read_buf: BytesMut::with_capacity(HW_BUFFER_SIZE),
-                    write_buf: BytesMut::with_capacity(HW_BUFFER_SIZE),
+                    // reddot: no buffer until there is something to read or write (see
+                    // `read_available` and `poll_flush`).
+                    read_buf: BytesMut::new(),
+                    write_buf: BytesMut::new(),
                     h1_write_buffer_size: config.h1_write_buffer_size(),
                     write_buf_needs_reset: false,
                     codec: Codec::new(config),
@@ -397,13 +423,12 @@ where
             }
         }
 
-        // All bytes have been accepted by the I/O stream, so the buffer can be reused or released.
-        if *write_buf_needs_reset {
-            *write_buf = BytesMut::with_capacity(HW_BUFFER_SIZE);
-            *write_buf_needs_reset = false;
-        } else {
-            write_buf.clear();
-        }
+        // All bytes have been accepted by the I/O stream, so the buffer is released.
+        // reddot: always, not only past the retention limit: a connection that streams
+        // a response (SSE, WebSocket) waits idle most of its life, and keeping 8 KiB per
+        // idle connection was most of its memory. The next write allocates what it needs.
+        *write_buf = BytesMut::new();
+        *write_buf_needs_reset = false;
 
         // flush the I/O and check if get blocked
         io.poll_flush(cx)
@@ -621,11 +646,11 @@ where
                         if req.head().expect() {
                             // set InnerDispatcher state and continue loop to poll it
                             let fut = this.flow.expect.call(req);
-                            this.state.set(State::ExpectCall { fut });
+                            this.state.set(State::ExpectCall { fut: Box::pin(fut) });
                         } else {
                             // set InnerDispatcher state and continue loop to poll it
                             let fut = this.flow.service.call(req);
-                            this.state.set(State::ServiceCall { fut });
+                            this.state.set(State::ServiceCall { fut: Box::pin(fut) });
                         };
                     }
 
@@ -653,7 +678,7 @@ where
                 },
 
                 StateProj::ServiceCall { fut } => {
-                    match fut.poll(cx) {
+                    match fut.as_mut().poll(cx) {
                         // service call resolved. send response.
                         Poll::Ready(Ok(res)) => {
                             let (res, body) = res.into().replace_body(());
@@ -798,14 +823,14 @@ where
                 StateProj::ExpectCall { fut } => {
                     trace!("  calling expect service");
 
-                    match fut.poll(cx) {
+                    match fut.as_mut().poll(cx) {
                         // expect resolved. write continue to buffer and set InnerDispatcher state
                         // to service call.
                         Poll::Ready(Ok(req)) => {
                             this.write_buf
                                 .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                             let fut = this.flow.service.call(req);
-                            this.state.set(State::ServiceCall { fut });
+                            this.state.set(State::ServiceCall { fut: Box::pin(fut) });
                         }
 
                         // send expect error as response
@@ -836,11 +861,11 @@ where
             if req.head().expect() {
                 // set dispatcher state to call expect handler
                 let fut = this.flow.expect.call(req);
-                this.state.set(State::ExpectCall { fut });
+                this.state.set(State::ExpectCall { fut: Box::pin(fut) });
             } else {
                 // set dispatcher state to call service handler
                 let fut = this.flow.service.call(req);
-                this.state.set(State::ServiceCall { fut });
+                this.state.set(State::ServiceCall { fut: Box::pin(fut) });
             };
         };
 
@@ -848,14 +873,14 @@ where
         loop {
             match self.as_mut().project().state.project() {
                 StateProj::ExpectCall { fut } => {
-                    match fut.poll(cx) {
+                    match fut.as_mut().poll(cx) {
                         // expect is resolved; continue loop and poll the service call branch.
                         Poll::Ready(Ok(req)) => {
                             self.as_mut().send_continue();
 
                             let mut this = self.as_mut().project();
                             let fut = this.flow.service.call(req);
-                            this.state.set(State::ServiceCall { fut });
+                            this.state.set(State::ServiceCall { fut: Box::pin(fut) });
 
                             continue;
                         }
@@ -877,7 +902,7 @@ where
 
                 StateProj::ServiceCall { fut } => {
                     // return no matter the service call future's result.
-                    return match fut.poll(cx) {
+                    return match fut.as_mut().poll(cx) {
                         // Future is resolved. Send response and return a result. On success
                         // to notify the dispatcher a new state is set and the outer loop
                         // should be continue.
@@ -1234,13 +1259,19 @@ where
                 return Ok(false);
             }
 
-            // grow buffer if necessary.
-            let remaining = this.read_buf.capacity() - this.read_buf.len();
-            if remaining < LW_BUFFER_SIZE {
-                this.read_buf.reserve(HW_BUFFER_SIZE - remaining);
-            }
+            let polled = if this.read_buf.capacity() == 0 {
+                poll_read_probe(io.as_mut(), cx, this.read_buf)
+            } else {
+                // grow buffer if necessary.
+                let remaining = this.read_buf.capacity() - this.read_buf.len();
+                if remaining < LW_BUFFER_SIZE {
+                    this.read_buf.reserve(HW_BUFFER_SIZE - remaining);
+                }
 
-            match tokio_util::io::poll_read_buf(io.as_mut(), cx, this.read_buf) {
+                tokio_util::io::poll_read_buf(io.as_mut(), cx, this.read_buf)
+            };
+
+            match polled {
                 Poll::Ready(Ok(n)) => {
                     // When draining a dropped request payload, keep FINISHED set so the
                     // disconnect/keep-alive decision can be made once the payload is fully drained.
@@ -1376,6 +1407,12 @@ where
                     }
 
                     inner.as_mut().poll_request(cx)?;
+
+                    // reddot: everything read was decoded; release the buffer, so that a
+                    // connection streaming a response holds none while it waits.
+                    if inner.read_buf.is_empty() && inner.read_buf.capacity() > 0 {
+                        *inner.as_mut().project().read_buf = BytesMut::new();
+                    }
 
                     if should_disconnect {
                         // I/O stream should to be closed
