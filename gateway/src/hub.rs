@@ -57,7 +57,7 @@ pub enum JoinError {
 }
 
 struct Slot {
-    sessions: Vec<(u64, mpsc::Sender<HubMsg>)>,
+    sessions: Vec<(u64, flume::Sender<HubMsg>)>,
     bound: Arc<watch::Sender<bool>>,
     /// When the last session left; the binding goes `unbind_delay` later unless a
     /// session comes back first.
@@ -81,7 +81,7 @@ pub struct Membership {
     hub: Arc<Hub>,
     user: String,
     id: u64,
-    pub rx: mpsc::Receiver<HubMsg>,
+    pub rx: flume::Receiver<HubMsg>,
     pub bound: watch::Receiver<bool>,
 }
 
@@ -131,7 +131,10 @@ impl Hub {
         if self.sessions.load(Ordering::Relaxed) >= self.max_sessions {
             return Err(JoinError::NodeFull);
         }
-        let (tx, rx) = mpsc::channel(buffer.max(1));
+        // flume, not tokio's mpsc: a tokio channel costs ~1 KiB from the start (its
+        // state and a first block of 32 slots), a flume one ~200 B until messages queue.
+        // Every idle session holds one.
+        let (tx, rx) = flume::bounded(buffer.max(1));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut shard = Self::lock(self.shard(user.as_str()));
         let slot = match shard.get_mut(user.as_str()) {

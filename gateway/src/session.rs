@@ -18,7 +18,7 @@ use reddot_shared::{
     time::now_ms,
 };
 use sea_orm::DatabaseConnection;
-use tokio::time::{Instant, Interval, Sleep};
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -54,8 +54,10 @@ pub struct Session {
     membership: Membership,
     last_sent: i64,
     pending: VecDeque<Event>,
-    heartbeat: Interval,
-    token_expiry: Pin<Box<Sleep>>,
+    /// One timer for both the next heartbeat and the token's expiry, whichever comes
+    /// first: every idle session holds it, and two would cost twice the memory.
+    timer: Pin<Box<Sleep>>,
+    token_expires: Instant,
     bound_confirmed: bool,
     ended: bool,
     transport: &'static str,
@@ -82,16 +84,18 @@ impl Session {
         // The first beat at a random point of the period: sessions that connected
         // together (a deploy, a reconnect storm) must not all be written to at once.
         let first_beat = ctx.heartbeat.mul_f64(1.0 + rand::random::<f64>());
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + first_beat, ctx.heartbeat);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let now = Instant::now();
+        let token_expires = now + until_exp;
         let mut session = Session {
-            token_expiry: Box::pin(tokio::time::sleep(until_exp)),
+            timer: Box::pin(tokio::time::sleep_until(
+                (now + first_beat).min(token_expires),
+            )),
+            token_expires,
             ctx,
             user,
             membership,
             last_sent: 0,
             pending: VecDeque::new(),
-            heartbeat,
             bound_confirmed,
             ended: false,
             transport,
@@ -127,10 +131,18 @@ impl Session {
             tokio::select! {
                 biased;
                 () = self.ctx.shutdown.cancelled() => return None,
-                () = &mut self.token_expiry => {
-                    self.pending.push_back(Event::TokenExpired);
+                () = &mut self.timer => {
+                    let now = Instant::now();
+                    if now >= self.token_expires {
+                        // Popped next, and it ends the session: the timer is not polled again.
+                        self.pending.push_back(Event::TokenExpired);
+                    } else {
+                        let next_beat = now + self.ctx.heartbeat;
+                        self.timer.as_mut().reset(next_beat.min(self.token_expires));
+                        return Some(Event::Heartbeat);
+                    }
                 }
-                msg = self.membership.rx.recv() => match msg {
+                msg = self.membership.rx.recv_async() => match msg.ok() {
                     None => {
                         tracing::info!(user = %self.user, transport = self.transport, "session closed: it stopped reading");
                         return None;
@@ -141,13 +153,15 @@ impl Session {
                             return Some(Event::Notification { id: n.id, created_at: n.created_at, json: n.json.clone() });
                         }
                     }
+                    // Database reads are boxed: inline, their futures would make this one
+                    // (held by every idle session) several KiB.
                     Some(HubMsg::ReadStateChanged) => {
-                        if self.push_unread().await.is_err() {
+                        if Box::pin(self.push_unread()).await.is_err() {
                             return None;
                         }
                     }
                     Some(HubMsg::Resync) => {
-                        if self.resync().await.is_err() {
+                        if Box::pin(self.resync()).await.is_err() {
                             return None;
                         }
                     }
@@ -158,12 +172,11 @@ impl Session {
                     }
                     if *self.membership.bound.borrow() {
                         self.bound_confirmed = true;
-                        if self.resync().await.is_err() {
+                        if Box::pin(self.resync()).await.is_err() {
                             return None;
                         }
                     }
                 }
-                _ = self.heartbeat.tick() => return Some(Event::Heartbeat),
             }
         }
     }

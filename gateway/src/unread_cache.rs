@@ -222,7 +222,7 @@ impl UnreadCache {
             }
             let wait = Duration::from_millis(u64::try_from(linger_ms - idle_for).unwrap_or(0));
             tokio::select! {
-                msg = membership.rx.recv() => match msg {
+                msg = membership.rx.recv_async() => match msg.ok() {
                     Some(_) => w.invalidate(),
                     // Dropped by the hub: stop caching rather than risk a stale view.
                     None => break,

@@ -67,7 +67,7 @@ pub async fn poll(
             return Ok(answer);
         }
         let woke = tokio::select! {
-            msg = membership.rx.recv() => msg,
+            msg = membership.rx.recv_async() => msg.ok(),
             () = tokio::time::sleep_until(deadline) => return Ok(HttpResponse::NoContent().finish()),
             () = ctx.shutdown.cancelled() => return Ok(HttpResponse::NoContent().finish()),
         };

@@ -160,7 +160,11 @@ async fn read_commands(
         let Some(Ok(msg)) = msg else { break };
         last_heard.store(now_ms(), Ordering::Relaxed);
         let reply = match msg {
-            actix_ws::AggregatedMessage::Text(text) => command(&state, &user, &text).await,
+            // Boxed: the command's database futures would otherwise sit in every idle
+            // connection's task.
+            actix_ws::AggregatedMessage::Text(text) => {
+                Box::pin(command(&state, &user, &text)).await
+            }
             actix_ws::AggregatedMessage::Ping(bytes) => {
                 let _ = ws.pong(&bytes).await;
                 None
