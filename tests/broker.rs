@@ -68,22 +68,27 @@ impl Vhost {
 
 impl Drop for Vhost {
     fn drop(&mut self) {
-        let url = format!("{MANAGEMENT}/vhosts/{}", self.name);
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                reqwest::Client::new()
-                    .delete(url)
-                    .basic_auth("guest", Some("guest"))
-                    .send()
-                    .await
-            })?;
-            anyhow::Ok(())
-        })
-        .join();
+        delete_now(format!("{MANAGEMENT}/vhosts/{}", self.name));
     }
+}
+
+/// A management API `DELETE`, finished before returning. Drop cannot await, and may run
+/// inside a runtime, so it runs on a thread of its own; failures are ignored (clean-up).
+fn delete_now(url: String) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            reqwest::Client::new()
+                .delete(url)
+                .basic_auth("guest", Some("guest"))
+                .send()
+                .await
+        })?;
+        anyhow::Ok(())
+    })
+    .join();
 }
 
 /// MQTT clients of the MQTT and Web-MQTT ports land in one test's vhost while this
@@ -116,21 +121,9 @@ impl MqttVhost {
 
 impl Drop for MqttVhost {
     fn drop(&mut self) {
-        let url = format!("{MANAGEMENT}/global-parameters/mqtt_port_to_vhost_mapping");
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                reqwest::Client::new()
-                    .delete(url)
-                    .basic_auth("guest", Some("guest"))
-                    .send()
-                    .await
-            })?;
-            anyhow::Ok(())
-        })
-        .join();
+        delete_now(format!(
+            "{MANAGEMENT}/global-parameters/mqtt_port_to_vhost_mapping"
+        ));
     }
 }
 

@@ -14,25 +14,9 @@ use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::helpers::{Answer, eventually};
+use crate::helpers::{Answer, call, eventually};
 
 const DELIVERY: Duration = Duration::from_secs(20);
-
-/// `method path` on the gateway as the holder of `token`.
-async fn call(
-    stack: &Stack,
-    gw: &Gateway,
-    token: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<&Value>,
-) -> anyhow::Result<Answer> {
-    let mut req = stack.http.request(method, gw.url(path)).bearer_auth(token);
-    if let Some(body) = body {
-        req = req.json(body);
-    }
-    Answer::from(req.send().await?).await
-}
 
 async fn get(stack: &Stack, gw: &Gateway, token: &str, path: &str) -> anyhow::Result<Answer> {
     call(stack, gw, token, reqwest::Method::GET, path, None).await

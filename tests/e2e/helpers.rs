@@ -138,3 +138,19 @@ pub fn host_port(url: &str) -> &str {
     let authority = rest.split('/').next().unwrap_or(rest);
     authority.rsplit('@').next().unwrap_or(authority)
 }
+
+/// `method path` on the gateway as the holder of `token`.
+pub async fn call(
+    stack: &Stack,
+    gw: &reddot_tests::gateway::Gateway,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<Answer> {
+    let mut req = stack.http.request(method, gw.url(path)).bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(body);
+    }
+    Answer::from(req.send().await?).await
+}

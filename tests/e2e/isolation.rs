@@ -12,24 +12,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::helpers::Answer;
+use crate::helpers::call;
 
 const DELIVERY: Duration = Duration::from_secs(20);
-
-async fn call(
-    stack: &Stack,
-    gw: &Gateway,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<&Value>,
-) -> anyhow::Result<Answer> {
-    let mut req = stack.http.request(method, gw.url(path)).bearer_auth(token);
-    if let Some(body) = body {
-        req = req.json(body);
-    }
-    Answer::from(req.send().await?).await
-}
 
 fn ids_of(list: &Value) -> Vec<i64> {
     list.as_array()
