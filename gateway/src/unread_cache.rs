@@ -126,20 +126,16 @@ impl UnreadCache {
     /// have reached this node yet, a hit is also checked against the user's watermark in
     /// the database (two index lookups instead of counting her rows). A failed
     /// watermark read is a miss: the caller then reads, and reports, the database.
-    pub async fn cached(self: &Arc<Self>, user: &UserId) -> Result<Option<View>, StoreError> {
+    pub async fn cached(self: &Arc<Self>, user: &UserId) -> Option<View> {
         let now = now_ms();
-        let Some(watched) = self.watch(user, now) else {
-            return Ok(None);
-        };
+        let watched = self.watch(user, now)?;
         let generation = watched.generation.load(Ordering::Acquire);
         let hit = lock(&watched.cached)
             .as_ref()
             .filter(|c| c.generation == generation && c.valid_until_ms.is_none_or(|t| now < t))
             .map(|c| (c.view.clone(), c.mark));
-        let Some((view, mark)) = hit else {
-            return Ok(None);
-        };
-        Ok((self.marks.read(user).await == Some(mark)).then_some(view))
+        let (view, mark) = hit?;
+        (self.marks.read(user).await == Some(mark)).then_some(view)
     }
 
     /// Reads the user's view from the database and caches it for her next polls.

@@ -24,7 +24,7 @@ pub async fn unread(
         })
     };
     if client_tag.is_some()
-        && let Some(view) = state.unread_cache.cached(&auth.user).await?
+        && let Some(view) = state.unread_cache.cached(&auth.user).await
         && matches(&view.etag)
     {
         return Ok(not_modified(&view.etag));

@@ -127,22 +127,17 @@ pub async fn unread(
 /// newest broadcast. Two index lookups. Ids only grow, so while neither moved nothing
 /// new was committed for her (reading or deleting a broadcast adds a row, which moves
 /// it too).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromQueryResult)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Watermark {
     pub targeted: Option<i64>,
     pub broadcast: Option<i64>,
 }
 
 pub async fn watermark(db: &impl ConnectionTrait, user: &UserId) -> Result<Watermark, StoreError> {
-    Watermark::find_by_statement(stmt(
-        db,
-        "SELECT (SELECT MAX(notification_id) FROM recipients WHERE user_id = $1) AS targeted, \
-         (SELECT MAX(id) FROM notifications WHERE audience = 'all') AS broadcast",
-        [user.as_str().into()],
-    ))
-    .one(db)
-    .await?
-    .ok_or_else(|| StoreError::Corrupt("watermark query returned no row".into()))
+    watermarks(db, &[user.as_str()])
+        .await?
+        .remove(user.as_str())
+        .ok_or_else(|| StoreError::Corrupt("watermark query returned no row".into()))
 }
 
 /// [`watermark`] for several users in one statement: one round trip however many
