@@ -40,6 +40,16 @@ pub struct SessionCtx {
     pub shutdown: CancellationToken,
 }
 
+/// Why a waiting session woke up (see [`Session::wake`]).
+pub enum Wake {
+    Shutdown,
+    Timer,
+    /// A message from the hub; `None` when the hub dropped the session.
+    Hub(Option<HubMsg>),
+    /// The binding flag changed (`false`: its sender is gone).
+    Bound(bool),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error(transparent)]
@@ -119,62 +129,93 @@ impl Session {
     /// node shutting down, token expired, database lost during a catch-up).
     pub async fn next(&mut self) -> Option<Event> {
         loop {
-            if let Some(event) = self.pending.pop_front() {
-                if matches!(event, Event::TokenExpired) {
+            if let Some(event) = self.queued() {
+                return event;
+            }
+            let wake = self.wake().await;
+            self.act(wake).await;
+        }
+    }
+
+    /// What is ready to write without waiting: `Some(Some(event))`, `Some(None)` when
+    /// the session is over, `None` when nothing is.
+    pub fn queued(&mut self) -> Option<Option<Event>> {
+        let Some(event) = self.pending.pop_front() else {
+            return self.ended.then_some(None);
+        };
+        if self.pending.is_empty() {
+            // Idle sessions hold no queue buffer.
+            self.pending = VecDeque::new();
+        }
+        if matches!(event, Event::TokenExpired) {
+            self.ended = true;
+        }
+        Some(Some(event))
+    }
+
+    /// Waits until the session has something to do; [`Session::act`] does it. The wait
+    /// is cancel-safe (dropping it loses nothing), so a transport can wait on its client
+    /// at the same time; `act` is not, and must run to completion.
+    pub async fn wake(&mut self) -> Wake {
+        tokio::select! {
+            biased;
+            () = self.ctx.shutdown.cancelled() => Wake::Shutdown,
+            () = &mut self.timer => Wake::Timer,
+            msg = self.membership.rx.recv_async() => Wake::Hub(msg.ok()),
+            changed = self.membership.bound.changed(), if !self.bound_confirmed => {
+                Wake::Bound(changed.is_ok())
+            }
+        }
+    }
+
+    /// Acts on a wake: queues what it produces (see [`Session::queued`]) or ends the
+    /// session.
+    pub async fn act(&mut self, wake: Wake) {
+        match wake {
+            Wake::Shutdown => self.ended = true,
+            Wake::Timer => {
+                let now = Instant::now();
+                if now >= self.token_expires {
+                    // Queued last, and it ends the session: the timer is not polled again.
+                    self.pending.push_back(Event::TokenExpired);
+                } else {
+                    let next_beat = now + self.ctx.heartbeat;
+                    self.timer.as_mut().reset(next_beat.min(self.token_expires));
+                    self.pending.push_back(Event::Heartbeat);
+                }
+            }
+            Wake::Hub(None) => {
+                tracing::info!(user = %self.user, transport = self.transport, "session closed: it stopped reading");
+                self.ended = true;
+            }
+            Wake::Hub(Some(HubMsg::Notification(n))) => {
+                if n.id > self.last_sent && n.expires_at.is_none_or(|t| t > now_ms()) {
+                    self.last_sent = n.id;
+                    self.pending.push_back(Event::Notification {
+                        id: n.id,
+                        created_at: n.created_at,
+                        json: n.json.clone(),
+                    });
+                }
+            }
+            // Database reads are boxed: inline, their futures would make every idle
+            // session's future several KiB.
+            Wake::Hub(Some(HubMsg::ReadStateChanged)) => {
+                if Box::pin(self.push_unread()).await.is_err() {
                     self.ended = true;
                 }
-                return Some(event);
             }
-            if self.ended {
-                return None;
-            }
-            tokio::select! {
-                biased;
-                () = self.ctx.shutdown.cancelled() => return None,
-                () = &mut self.timer => {
-                    let now = Instant::now();
-                    if now >= self.token_expires {
-                        // Popped next, and it ends the session: the timer is not polled again.
-                        self.pending.push_back(Event::TokenExpired);
-                    } else {
-                        let next_beat = now + self.ctx.heartbeat;
-                        self.timer.as_mut().reset(next_beat.min(self.token_expires));
-                        return Some(Event::Heartbeat);
-                    }
+            Wake::Hub(Some(HubMsg::Resync)) => {
+                if Box::pin(self.resync()).await.is_err() {
+                    self.ended = true;
                 }
-                msg = self.membership.rx.recv_async() => match msg.ok() {
-                    None => {
-                        tracing::info!(user = %self.user, transport = self.transport, "session closed: it stopped reading");
-                        return None;
-                    }
-                    Some(HubMsg::Notification(n)) => {
-                        if n.id > self.last_sent && n.expires_at.is_none_or(|t| t > now_ms()) {
-                            self.last_sent = n.id;
-                            return Some(Event::Notification { id: n.id, created_at: n.created_at, json: n.json.clone() });
-                        }
-                    }
-                    // Database reads are boxed: inline, their futures would make this one
-                    // (held by every idle session) several KiB.
-                    Some(HubMsg::ReadStateChanged) => {
-                        if Box::pin(self.push_unread()).await.is_err() {
-                            return None;
-                        }
-                    }
-                    Some(HubMsg::Resync) => {
-                        if Box::pin(self.resync()).await.is_err() {
-                            return None;
-                        }
-                    }
-                },
-                changed = self.membership.bound.changed(), if !self.bound_confirmed => {
-                    if changed.is_err() {
-                        return None;
-                    }
-                    if *self.membership.bound.borrow() {
-                        self.bound_confirmed = true;
-                        if Box::pin(self.resync()).await.is_err() {
-                            return None;
-                        }
+            }
+            Wake::Bound(false) => self.ended = true,
+            Wake::Bound(true) => {
+                if *self.membership.bound.borrow() {
+                    self.bound_confirmed = true;
+                    if Box::pin(self.resync()).await.is_err() {
+                        self.ended = true;
                     }
                 }
             }
