@@ -90,6 +90,13 @@ impl Ws {
         Ok(())
     }
 
+    /// Sends any WebSocket message, raw frames included (continuations, binary,
+    /// oversized), for tests of the framing itself.
+    pub async fn send_message(&mut self, msg: Message) -> anyhow::Result<()> {
+        self.stream.send(msg).await?;
+        Ok(())
+    }
+
     /// Server pings received so far.
     pub fn pings(&self) -> usize {
         self.pings

@@ -133,3 +133,93 @@ async fn a_client_closing_its_websocket_gets_a_close_frame_back_and_its_session_
         .await?;
     Ok(())
 }
+
+/// Raw frames: a command split over continuation frames, a binary frame, a frame over
+/// the 64 KiB limit. These are what a real client library may send; the gateway reads
+/// them itself (one stream per connection), so each has its own answer.
+mod framing {
+    use tokio_tungstenite::tungstenite::{
+        Message,
+        protocol::frame::{
+            Frame,
+            coding::{Data, OpCode},
+        },
+    };
+
+    use super::*;
+
+    fn part(text: &str, opcode: Data, last: bool) -> Message {
+        Message::Frame(Frame::message(text.to_owned(), OpCode::Data(opcode), last))
+    }
+
+    #[tokio::test]
+    async fn a_command_split_over_continuation_frames_is_answered() -> anyhow::Result<()> {
+        let stack = Stack::start(Backend::Sqlite).await?;
+        let gw = Gateway::start(&stack, "node-a").await?;
+        let mut ws = gw
+            .ws(&Connect::bearer(&stack.token("alice").await?))
+            .await?;
+        ws.expect("unread", DELIVERY).await?;
+
+        ws.send_message(part(r#"{"ty"#, Data::Text, false)).await?;
+        ws.send_message(part(r#"pe":"pi"#, Data::Continue, false))
+            .await?;
+        ws.send_message(part(r#"ng"}"#, Data::Continue, true))
+            .await?;
+
+        let pong = ws.expect("pong", DELIVERY).await?;
+        assert_eq!(pong.data, json!({"type": "pong"}));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_binary_frame_gets_an_error_frame_and_the_session_stays() -> anyhow::Result<()> {
+        let stack = Stack::start(Backend::Sqlite).await?;
+        let gw = Gateway::start(&stack, "node-a").await?;
+        let mut ws = gw
+            .ws(&Connect::bearer(&stack.token("alice").await?))
+            .await?;
+        ws.expect("unread", DELIVERY).await?;
+
+        ws.send_message(Message::Binary(br#"{"type":"ping"}"#.to_vec().into()))
+            .await?;
+        let error = ws.expect("error", DELIVERY).await?;
+        assert_eq!(error.data["code"], "invalid_request", "{}", error.data);
+
+        stack.notify(&to_users(&["alice"], "still here")).await?;
+        let n = ws.expect("notification", DELIVERY).await?;
+        assert_eq!(n.data["title"], "still here");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_message_over_64_kib_is_closed_with_1009() -> anyhow::Result<()> {
+        let stack = Stack::start(Backend::Sqlite).await?;
+        let gw = Gateway::start(&stack, "node-a").await?;
+        let mut ws = gw
+            .ws(&Connect::bearer(&stack.token("alice").await?))
+            .await?;
+        ws.expect("unread", DELIVERY).await?;
+        let mut other = gw.ws(&Connect::bearer(&stack.token("bob").await?)).await?;
+        other.expect("unread", DELIVERY).await?;
+
+        // One frame, and the same size in continuations: both are one message too big.
+        let big = format!(r#"{{"type":"read","ids":[{}1]}}"#, "1,".repeat(40 * 1024));
+        ws.send_message(Message::Text(big.clone().into())).await?;
+        let half = big.len() / 2;
+        other
+            .send_message(part(&big[..half], Data::Text, false))
+            .await?;
+        other
+            .send_message(part(&big[half..], Data::Continue, true))
+            .await?;
+
+        for client in [&mut ws, &mut other] {
+            assert!(client.next_or_end(DELIVERY).await?.is_none());
+            assert_eq!(client.closed().map(|c| c.code), Some(1009));
+        }
+        gw.readyz_until(DELIVERY, "both sessions ended", |r| r["sessions"] == 0)
+            .await?;
+        Ok(())
+    }
+}

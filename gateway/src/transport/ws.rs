@@ -1,18 +1,27 @@
-//! `GET /v1/ws`: WebSocket with JSON text frames. A writer task sends the session's
-//! events and pings; a reader task answers commands (`read`, `read_all`, `ping`). The
-//! connection is dropped after 45 s without any frame from the client, and closed with
-//! 4001 when the token expires.
+//! `GET /v1/ws`: WebSocket with JSON text frames. A connection is a single stream, the
+//! response body: it reads the client's frames from the request payload (the commands
+//! `read`, `read_all`, `ping`, and WebSocket pings and closes) and writes the session's
+//! events, pings and replies. No reader and writer tasks with a channel between them:
+//! an idle WebSocket holds no more than an idle SSE stream. The connection is dropped
+//! after 45 s without any frame from the client, and closed with 4001 when the token
+//! expires.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicI64, Ordering},
-    },
-    time::Duration,
+use std::{collections::VecDeque, convert::Infallible, time::Duration};
+
+use actix_codec::{Decoder, Encoder};
+use actix_http::{
+    Payload,
+    ws::{self as proto, CloseCode, CloseReason, Codec, Frame, Item, Message, ProtocolError},
 };
-
-use actix_web::{HttpRequest, HttpResponse, get, http::header, web};
-use actix_ws::{CloseCode, CloseReason};
+use actix_web::{
+    HttpRequest, HttpResponse,
+    body::BodyStream,
+    get,
+    http::header,
+    web::{self, Bytes, BytesMut},
+};
+use bytestring::ByteString;
+use futures_util::{StreamExt, stream as body_stream};
 use reddot_shared::{
     domain::UserId,
     error::{ApiError, ErrorCode},
@@ -20,14 +29,14 @@ use reddot_shared::{
 };
 use serde::Deserialize;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use super::resume_cursor;
 use crate::{auth::AuthUser, events::Event, read_actions, session::Session, state::GatewayState};
 
 /// A client silent for this long is gone (half-open TCP is only found by pinging).
 const SILENCE_LIMIT: Duration = Duration::from_secs(45);
-const MAX_FRAME: usize = 64 * 1024;
+/// The largest message a client may send, in one frame or in continuations.
+const MAX_MESSAGE: usize = 64 * 1024;
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -59,8 +68,13 @@ pub async fn ws_stream(
             "this origin is not allowed",
         ));
     }
+    let mut handshake = proto::handshake(req.head()).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("not a WebSocket upgrade: {e}"),
+        )
+    })?;
     let cursor = resume_cursor(&req)?;
-    let user = auth.user.clone();
     let session = Session::open(
         state.sessions.clone(),
         auth.user,
@@ -69,121 +83,236 @@ pub async fn ws_stream(
         "ws",
     )
     .await?;
-    let (response, ws, messages) = actix_ws::handle(&req, body).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!("not a WebSocket upgrade: {e}"),
-        )
-    })?;
-    let messages = messages
-        .max_frame_size(MAX_FRAME)
-        .aggregate_continuations()
-        .max_continuation_size(MAX_FRAME);
-    let last_heard = Arc::new(AtomicI64::new(now_ms()));
-    let closed = CancellationToken::new();
-    actix_web::rt::spawn(write_events(
+    let connection = Connection {
         session,
-        ws.clone(),
-        last_heard.clone(),
-        closed.clone(),
-    ));
-    actix_web::rt::spawn(read_commands(
-        messages,
-        ws,
-        state.into_inner(),
-        user,
-        last_heard,
-        closed,
-    ));
-    Ok(response)
-}
-
-async fn write_events(
-    mut session: Session,
-    mut ws: actix_ws::Session,
-    last_heard: Arc<AtomicI64>,
-    closed: CancellationToken,
-) {
-    let reason = loop {
-        let event = tokio::select! {
-            () = closed.cancelled() => return,
-            event = session.next() => event,
-        };
-        let Some(event) = event else {
-            break CloseReason {
-                code: CloseCode::Away,
-                description: Some("reconnect and resume".into()),
-            };
-        };
-        if matches!(event, Event::Heartbeat) {
-            if now_ms() - last_heard.load(Ordering::Relaxed) > SILENCE_LIMIT.as_millis() as i64 {
-                break CloseReason {
-                    code: CloseCode::Policy,
-                    description: Some("no frame for 45 s".into()),
-                };
-            }
-            if ws.ping(b"").await.is_err() {
-                return;
-            }
-            continue;
-        }
-        event.record_delivery("ws");
-        if let Some(text) = event.typed_json()
-            && ws.text(text).await.is_err()
-        {
-            return;
-        }
-        if matches!(event, Event::TokenExpired) {
-            break CloseReason {
-                code: CloseCode::Other(4001),
-                description: Some("token expired".into()),
-            };
-        }
+        state,
+        payload: body.into_inner(),
+        codec: Codec::new().max_size(MAX_MESSAGE),
+        read_buf: BytesMut::new(),
+        partial: None,
+        replies: VecDeque::new(),
+        last_heard: now_ms(),
+        closing: false,
     };
-    closed.cancel();
-    let _ = ws.close(Some(reason)).await;
+    let frames = body_stream::unfold(connection, |mut conn| async move {
+        let bytes = conn.next_write().await?;
+        Some((Ok::<_, Infallible>(bytes), conn))
+    });
+    Ok(HttpResponse::from(
+        handshake
+            .body(BodyStream::new(frames))
+            .map_into_boxed_body(),
+    ))
 }
 
-async fn read_commands(
-    mut messages: actix_ws::AggregatedMessageStream,
-    mut ws: actix_ws::Session,
-    state: Arc<GatewayState>,
-    user: UserId,
-    last_heard: Arc<AtomicI64>,
-    closed: CancellationToken,
-) {
-    loop {
-        let msg = tokio::select! {
-            () = closed.cancelled() => return,
-            msg = messages.recv() => msg,
-        };
-        let Some(Ok(msg)) = msg else { break };
-        last_heard.store(now_ms(), Ordering::Relaxed);
-        let reply = match msg {
-            // Boxed: the command's database futures would otherwise sit in every idle
-            // connection's task.
-            actix_ws::AggregatedMessage::Text(text) => {
-                Box::pin(command(&state, &user, &text)).await
+/// One WebSocket connection: its session and both directions of its socket.
+struct Connection {
+    session: Session,
+    state: web::Data<GatewayState>,
+    payload: Payload,
+    codec: Codec,
+    read_buf: BytesMut,
+    /// A text message arriving in continuation frames.
+    partial: Option<BytesMut>,
+    /// Frames owed to the client (pongs, command replies, the closing frame): written
+    /// before the next event.
+    replies: VecDeque<Message>,
+    last_heard: i64,
+    /// A close frame is queued: the connection ends once it is written.
+    closing: bool,
+}
+
+/// What woke the connection.
+enum Wake {
+    Frame(Option<Result<Frame, ProtocolError>>),
+    Session(crate::session::Wake),
+}
+
+impl Connection {
+    /// The next bytes to write, or `None` when the connection is over.
+    async fn next_write(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(message) = self.replies.pop_front() {
+                if self.replies.is_empty() {
+                    // Idle connections hold no queue buffer.
+                    self.replies = VecDeque::new();
+                }
+                return self.encode(message);
             }
-            actix_ws::AggregatedMessage::Ping(bytes) => {
-                let _ = ws.pong(&bytes).await;
-                None
+            if self.closing {
+                return None;
             }
-            actix_ws::AggregatedMessage::Close(reason) => {
-                // RFC 6455 §5.5.1: a close frame is answered with one (else browsers
-                // report an abnormal closure, 1006).
-                let _ = ws.close(reason).await;
-                break;
+            if let Some(event) = self.session.queued() {
+                match event {
+                    Some(event) => self.on_event(event),
+                    None => self.close(CloseCode::Away, "reconnect and resume"),
+                }
+                continue;
             }
-            _ => None,
-        };
-        if let Some(reply) = reply
-            && ws.text(reply).await.is_err()
-        {
-            break;
+            // Waiting on both sides is safe: neither wait loses anything when the other
+            // side wins. The work that follows (commands, catch-ups) runs to completion.
+            let wake = tokio::select! {
+                frame = read_frame(&mut self.payload, &mut self.codec, &mut self.read_buf) => Wake::Frame(frame),
+                wake = self.session.wake() => Wake::Session(wake),
+            };
+            match wake {
+                Wake::Frame(Some(Ok(frame))) => {
+                    self.last_heard = now_ms();
+                    self.on_frame(frame).await;
+                }
+                Wake::Frame(Some(Err(ProtocolError::Overflow))) => {
+                    self.close(CloseCode::Size, "message too big");
+                }
+                Wake::Frame(Some(Err(error))) => {
+                    tracing::info!(%error, "WebSocket protocol error: closing");
+                    self.close(CloseCode::Protocol, "protocol error");
+                }
+                // The client is gone: nothing more can be written.
+                Wake::Frame(None) => return None,
+                Wake::Session(wake) => self.session.act(wake).await,
+            }
         }
     }
-    closed.cancel();
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Heartbeat => {
+                if now_ms() - self.last_heard > SILENCE_LIMIT.as_millis() as i64 {
+                    self.close(CloseCode::Policy, "no frame for 45 s");
+                } else {
+                    self.replies.push_back(Message::Ping(Bytes::new()));
+                }
+            }
+            Event::TokenExpired => {
+                self.send_text(event.typed_json());
+                self.close(CloseCode::Other(4001), "token expired");
+            }
+            event => {
+                event.record_delivery("ws");
+                self.send_text(event.typed_json());
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Frame) {
+        let text = match frame {
+            Frame::Text(text) => text,
+            Frame::Continuation(Item::FirstText(part)) => {
+                self.partial = Some(BytesMut::from(&part[..]));
+                return;
+            }
+            Frame::Continuation(Item::Continue(part)) => {
+                self.append(&part);
+                return;
+            }
+            Frame::Continuation(Item::Last(part)) => {
+                self.append(&part);
+                match self.partial.take() {
+                    Some(text) => text.freeze(),
+                    // The end of a binary message, or of one already refused as too big.
+                    None => return,
+                }
+            }
+            Frame::Ping(bytes) => {
+                self.replies.push_back(Message::Pong(bytes));
+                return;
+            }
+            Frame::Pong(_) => return,
+            Frame::Close(reason) => {
+                // RFC 6455 §5.5.1: a close frame is answered with one (else browsers
+                // report an abnormal closure, 1006).
+                self.replies.push_back(Message::Close(reason));
+                self.closing = true;
+                return;
+            }
+            Frame::Binary(_) | Frame::Continuation(Item::FirstBinary(_)) => {
+                self.send_text(Some(error_frame(
+                    ErrorCode::InvalidRequest,
+                    "only JSON text frames are understood",
+                )));
+                return;
+            }
+        };
+        self.on_text(&text).await;
+    }
+
+    /// Adds a continuation to the text message being received, closing the connection
+    /// when the message grows past the limit.
+    fn append(&mut self, part: &[u8]) {
+        let Some(partial) = self.partial.as_mut() else {
+            return;
+        };
+        if partial.len() + part.len() > MAX_MESSAGE {
+            self.partial = None;
+            self.close(CloseCode::Size, "message too big");
+        } else {
+            partial.extend_from_slice(part);
+        }
+    }
+
+    async fn on_text(&mut self, text: &[u8]) {
+        let Ok(text) = std::str::from_utf8(text) else {
+            self.close(CloseCode::Invalid, "text frames must be UTF-8");
+            return;
+        };
+        // Boxed: the command's database futures would otherwise size every idle
+        // connection.
+        let reply = Box::pin(command(&self.state, self.session.user(), text)).await;
+        self.send_text(reply);
+    }
+
+    fn send_text(&mut self, text: Option<String>) {
+        if let Some(text) = text {
+            self.replies
+                .push_back(Message::Text(ByteString::from(text)));
+        }
+    }
+
+    fn close(&mut self, code: CloseCode, description: &str) {
+        self.replies.push_back(Message::Close(Some(CloseReason {
+            code,
+            description: Some(description.into()),
+        })));
+        self.closing = true;
+    }
+
+    fn encode(&mut self, message: Message) -> Option<Bytes> {
+        let mut buf = BytesMut::new();
+        // Encoding a server frame fails only for a continuation out of order, which is
+        // never sent.
+        self.codec.encode(message, &mut buf).ok()?;
+        Some(buf.freeze())
+    }
+}
+
+/// The next frame from the client; `None` once its side of the connection is closed.
+/// Cancel-safe: bytes read stay in `buf`.
+async fn read_frame(
+    payload: &mut Payload,
+    codec: &mut Codec,
+    buf: &mut BytesMut,
+) -> Option<Result<Frame, ProtocolError>> {
+    loop {
+        match codec.decode(buf) {
+            Ok(Some(frame)) => {
+                if buf.is_empty() {
+                    // Idle connections hold no read buffer.
+                    *buf = BytesMut::new();
+                }
+                return Some(Ok(frame));
+            }
+            Ok(None) => {}
+            Err(e) => return Some(Err(e)),
+        }
+        match payload.next().await {
+            Some(Ok(bytes)) => buf.extend_from_slice(&bytes),
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+fn error_frame(code: ErrorCode, message: &str) -> String {
+    json!({"type": "error", "code": code.as_str(), "message": message}).to_string()
 }
 
 /// Runs one client command. Successful reads answer nothing here: the `unread` event
@@ -201,7 +330,5 @@ async fn command(state: &GatewayState, user: &UserId, text: &str) -> Option<Stri
             format!("unknown command: {e}"),
         )),
     };
-    result.err().map(|e| {
-        json!({"type": "error", "code": e.code.as_str(), "message": e.message}).to_string()
-    })
+    result.err().map(|e| error_frame(e.code, &e.message))
 }
