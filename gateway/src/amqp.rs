@@ -27,10 +27,10 @@ use reddot_shared::{
     backoff::Backoff,
     metrics as m,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{BindCmd, Hub};
+use crate::hub::{BindCmd, Binding, Hub};
 
 pub struct Consumer {
     pub url: String,
@@ -112,8 +112,8 @@ impl Consumer {
         // connection drops from here on (even before consuming starts, which deletes the
         // exclusive queue with whatever it held), the next one must catch sessions up.
         let resync = std::mem::replace(ever_connected, true);
-        for (_, bound) in &online {
-            bound.send_replace(true);
+        for (_, binding) in &online {
+            binding.confirm();
         }
         // Delivery tracking buys nothing here: a node that loses messages catches its
         // sessions up from the database, the source of truth.
@@ -151,15 +151,15 @@ impl Consumer {
                     return Ok(());
                 }
                 done = in_flight.next(), if !in_flight.is_empty() => {
-                    if let Some(Some(bound)) = done.transpose()? {
-                        bound.send_replace(true);
+                    if let Some(Some(binding)) = done.transpose()? {
+                        binding.confirm();
                     }
                 }
                 cmd = self.binds.recv(), if in_flight.len() < MAX_BINDS_IN_FLIGHT => match cmd {
-                    Some(BindCmd::Bind { user, bound }) => {
+                    Some(BindCmd::Bind { user, binding }) => {
                         let (channel, queue) = (channel.clone(), self.queue.clone());
                         in_flight.push_back(Box::pin(async move {
-                            bind(&channel, &queue, &user).await.map(|()| Some(bound))
+                            bind(&channel, &queue, &user).await.map(|()| Some(binding))
                         }));
                     }
                     Some(BindCmd::Unbind { user }) => {
@@ -191,8 +191,7 @@ impl Consumer {
 const MAX_BINDS_IN_FLIGHT: usize = 256;
 
 /// A binding change in flight; a bind resolves to the flag its sessions wait on.
-type BindRpc =
-    Pin<Box<dyn Future<Output = anyhow::Result<Option<Arc<watch::Sender<bool>>>>> + Send>>;
+type BindRpc = Pin<Box<dyn Future<Output = anyhow::Result<Option<Arc<Binding>>>> + Send>>;
 
 async fn bind(channel: &lapin::Channel, queue: &str, user: &str) -> anyhow::Result<()> {
     channel

@@ -12,7 +12,7 @@ use std::{
     hash::{BuildHasher, RandomState},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -22,7 +22,7 @@ use reddot_shared::{
     domain::{Audience, UserId},
     metrics as m,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 
 const SHARDS: usize = 64;
 
@@ -34,18 +34,48 @@ pub enum HubMsg {
     ReadStateChanged,
     /// Live messages may have been lost (broker reconnect): catch up from the database.
     Resync,
+    /// The node is stopping: the session ends after what is queued before this.
+    Close,
+}
+
+/// Whether a user's binding is in place on this node's queue. It only ever goes from
+/// unbound to bound (set by the AMQP side once the broker confirms it). An atomic and
+/// one `Notify` rather than a `watch` channel: every online user holds one, and a watch
+/// channel's state is several times larger.
+#[derive(Debug, Default)]
+pub struct Binding {
+    bound: AtomicBool,
+    confirmed: Notify,
+}
+
+impl Binding {
+    pub fn is_bound(&self) -> bool {
+        self.bound.load(Ordering::Acquire)
+    }
+
+    /// Marks the binding as in place and wakes everyone waiting for it.
+    pub fn confirm(&self) {
+        self.bound.store(true, Ordering::Release);
+        self.confirmed.notify_waiters();
+    }
+
+    /// Returns once the binding is in place.
+    pub async fn wait(&self) {
+        let confirmed = self.confirmed.notified();
+        tokio::pin!(confirmed);
+        // Registered before the check, so a confirmation between the two is not missed.
+        confirmed.as_mut().enable();
+        if !self.is_bound() {
+            confirmed.await;
+        }
+    }
 }
 
 /// A binding change for the AMQP side to carry out, in order.
 #[derive(Debug)]
 pub enum BindCmd {
-    Bind {
-        user: String,
-        bound: Arc<watch::Sender<bool>>,
-    },
-    Unbind {
-        user: String,
-    },
+    Bind { user: String, binding: Arc<Binding> },
+    Unbind { user: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +84,13 @@ pub enum JoinError {
     TooManySessions,
     #[error("this node is at its connection limit")]
     NodeFull,
+    #[error("this node is stopping")]
+    NodeStopping,
 }
 
 struct Slot {
     sessions: Vec<(u64, flume::Sender<HubMsg>)>,
-    bound: Arc<watch::Sender<bool>>,
+    binding: Arc<Binding>,
     /// When the last session left; the binding goes `unbind_delay` later unless a
     /// session comes back first.
     empty_since: Option<Instant>,
@@ -74,6 +106,7 @@ pub struct Hub {
     max_sessions_per_user: usize,
     max_sessions: usize,
     unbind_delay: Duration,
+    closed: AtomicBool,
 }
 
 /// A session's place in the hub; leaving is its `Drop`.
@@ -82,7 +115,7 @@ pub struct Membership {
     user: String,
     id: u64,
     pub rx: flume::Receiver<HubMsg>,
-    pub bound: watch::Receiver<bool>,
+    pub binding: Arc<Binding>,
 }
 
 impl Drop for Membership {
@@ -111,6 +144,7 @@ impl Hub {
             max_sessions_per_user,
             max_sessions,
             unbind_delay,
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -128,6 +162,9 @@ impl Hub {
 
     /// Adds a session for `user` with a queue of `buffer` messages.
     pub fn join(self: &Arc<Self>, user: &UserId, buffer: usize) -> Result<Membership, JoinError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(JoinError::NodeStopping);
+        }
         if self.sessions.load(Ordering::Relaxed) >= self.max_sessions {
             return Err(JoinError::NodeFull);
         }
@@ -149,22 +186,22 @@ impl Hub {
                 slot
             }
             None => {
-                let bound = Arc::new(watch::channel(false).0);
+                let binding = Arc::new(Binding::default());
                 let _ = self.binder.send(BindCmd::Bind {
                     user: user.as_str().to_owned(),
-                    bound: bound.clone(),
+                    binding: binding.clone(),
                 });
                 self.users.fetch_add(1, Ordering::Relaxed);
                 metrics::gauge!(m::USERS_ONLINE).increment(1.0);
                 shard.entry(user.as_str().to_owned()).or_insert(Slot {
                     sessions: Vec::new(),
-                    bound,
+                    binding,
                     empty_since: None,
                 })
             }
         };
         slot.sessions.push((id, tx));
-        let bound = slot.bound.subscribe();
+        let binding = slot.binding.clone();
         self.sessions.fetch_add(1, Ordering::Relaxed);
         drop(shard);
         Ok(Membership {
@@ -172,7 +209,7 @@ impl Hub {
             user: user.as_str().to_owned(),
             id,
             rx,
-            bound,
+            binding,
         })
     }
 
@@ -255,6 +292,22 @@ impl Hub {
         }
     }
 
+    /// Ends every session (after what is already queued for it) and refuses new ones:
+    /// the node is stopping.
+    pub fn close_all(&self) {
+        self.closed.store(true, Ordering::Release);
+        for shard in &self.shards {
+            let mut shard = Self::lock(shard);
+            for slot in shard.values_mut() {
+                for (_, tx) in slot.sessions.drain(..) {
+                    // A full queue needs no message: dropping its sender ends it too.
+                    let _ = tx.try_send(HubMsg::Close);
+                    self.sessions.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
     /// Sends to each session of a user; a session whose queue is full is dropped from
     /// the hub (its transport then ends and the client resumes from its last id), so a
     /// reader that stalls can never make the node buffer without bound.
@@ -272,14 +325,14 @@ impl Hub {
         // An emptied slot stays until its memberships drop: they unbind it then.
     }
 
-    /// Users with sessions now, with their binding flags (for re-binding after a reconnect).
-    pub fn online(&self) -> Vec<(String, Arc<watch::Sender<bool>>)> {
+    /// Users with sessions now, with their bindings (for re-binding after a reconnect).
+    pub fn online(&self) -> Vec<(String, Arc<Binding>)> {
         let mut out = Vec::with_capacity(self.users.load(Ordering::Relaxed));
         for shard in &self.shards {
             out.extend(
                 Self::lock(shard)
                     .iter()
-                    .map(|(u, s)| (u.clone(), s.bound.clone())),
+                    .map(|(u, s)| (u.clone(), s.binding.clone())),
             );
         }
         out

@@ -42,12 +42,11 @@ pub struct SessionCtx {
 
 /// Why a waiting session woke up (see [`Session::wake`]).
 pub enum Wake {
-    Shutdown,
     Timer,
     /// A message from the hub; `None` when the hub dropped the session.
     Hub(Option<HubMsg>),
-    /// The binding flag changed (`false`: its sender is gone).
-    Bound(bool),
+    /// The user's binding was confirmed after the session opened.
+    Bound,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,12 +82,11 @@ impl Session {
         token_exp: i64,
         transport: &'static str,
     ) -> Result<Self, OpenError> {
-        let mut membership = ctx.hub.join(&user, ctx.buffer)?;
-        let bound_confirmed = *membership.bound.borrow()
-            || matches!(
-                tokio::time::timeout(BIND_WAIT, membership.bound.wait_for(|b| *b)).await,
-                Ok(Ok(_))
-            );
+        let membership = ctx.hub.join(&user, ctx.buffer)?;
+        let bound_confirmed = membership.binding.is_bound()
+            || tokio::time::timeout(BIND_WAIT, membership.binding.wait())
+                .await
+                .is_ok();
         let until_exp =
             Duration::from_millis(u64::try_from(token_exp * 1000 - now_ms()).unwrap_or(0));
         // The first beat at a random point of the period: sessions that connected
@@ -156,15 +154,15 @@ impl Session {
     /// Waits until the session has something to do; [`Session::act`] does it. The wait
     /// is cancel-safe (dropping it loses nothing), so a transport can wait on its client
     /// at the same time; `act` is not, and must run to completion.
+    ///
+    /// Node shutdown arrives through the queue ([`HubMsg::Close`]) rather than as one
+    /// more branch here: every idle session holds this future.
     pub async fn wake(&mut self) -> Wake {
         tokio::select! {
             biased;
-            () = self.ctx.shutdown.cancelled() => Wake::Shutdown,
             () = &mut self.timer => Wake::Timer,
             msg = self.membership.rx.recv_async() => Wake::Hub(msg.ok()),
-            changed = self.membership.bound.changed(), if !self.bound_confirmed => {
-                Wake::Bound(changed.is_ok())
-            }
+            () = self.membership.binding.wait(), if !self.bound_confirmed => Wake::Bound,
         }
     }
 
@@ -172,7 +170,6 @@ impl Session {
     /// session.
     pub async fn act(&mut self, wake: Wake) {
         match wake {
-            Wake::Shutdown => self.ended = true,
             Wake::Timer => {
                 let now = Instant::now();
                 if now >= self.token_expires {
@@ -188,6 +185,7 @@ impl Session {
                 tracing::info!(user = %self.user, transport = self.transport, "session closed: it stopped reading");
                 self.ended = true;
             }
+            Wake::Hub(Some(HubMsg::Close)) => self.ended = true,
             Wake::Hub(Some(HubMsg::Notification(n))) => {
                 if n.id > self.last_sent && n.expires_at.is_none_or(|t| t > now_ms()) {
                     self.last_sent = n.id;
@@ -210,13 +208,10 @@ impl Session {
                     self.ended = true;
                 }
             }
-            Wake::Bound(false) => self.ended = true,
-            Wake::Bound(true) => {
-                if *self.membership.bound.borrow() {
-                    self.bound_confirmed = true;
-                    if Box::pin(self.resync()).await.is_err() {
-                        self.ended = true;
-                    }
+            Wake::Bound => {
+                self.bound_confirmed = true;
+                if Box::pin(self.resync()).await.is_err() {
+                    self.ended = true;
                 }
             }
         }

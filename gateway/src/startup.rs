@@ -30,6 +30,7 @@ pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
     shutdown: CancellationToken,
+    hub: Arc<Hub>,
     consumer: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -80,7 +81,7 @@ impl Application {
             jwt_secret: settings.jwt_secret.clone(),
             sessions: Arc::new(SessionCtx {
                 db,
-                hub,
+                hub: hub.clone(),
                 replay_cap: settings.replay_cap,
                 buffer: settings.session_buffer,
                 heartbeat: settings.heartbeat,
@@ -131,6 +132,7 @@ impl Application {
             port: addr.port(),
             server,
             shutdown,
+            hub,
             consumer,
         })
     }
@@ -141,15 +143,17 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let handle = self.server.handle();
-        let shutdown = self.shutdown.clone();
+        let (shutdown, hub) = (self.shutdown.clone(), self.hub.clone());
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("stopping: closing every session so clients resume elsewhere");
             shutdown.cancel();
+            hub.close_all();
             handle.stop(true).await;
         });
         self.server.await?;
         self.shutdown.cancel();
+        self.hub.close_all();
         if let Ok(Err(err)) = self.consumer.await {
             tracing::warn!(error = %err, "consumer stopped with an error");
         }

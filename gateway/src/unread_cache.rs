@@ -34,10 +34,10 @@ use reddot_shared::{
 };
 use sea_orm::DatabaseConnection;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot, watch};
+use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Hub, Membership};
+use crate::hub::{Binding, Hub, HubMsg, Membership};
 
 /// Events queued for a watcher; it drains at once, so a few suffice.
 const WATCH_BUFFER: usize = 16;
@@ -81,7 +81,7 @@ struct Watched {
     /// Bumped by everything that may change the view.
     generation: AtomicU64,
     last_poll_ms: AtomicI64,
-    bound: watch::Receiver<bool>,
+    binding: Arc<Binding>,
     cached: Mutex<Option<Cached>>,
 }
 
@@ -146,7 +146,7 @@ impl UnreadCache {
         // committed during the read then keeps this view from being trusted.
         let generation = watched
             .as_ref()
-            .filter(|w| *w.bound.borrow())
+            .filter(|w| w.binding.is_bound())
             .map(|w| w.generation.load(Ordering::Acquire));
         let mark = match generation {
             Some(_) => Some(inbox::watermark(&self.db, user).await?),
@@ -197,7 +197,7 @@ impl UnreadCache {
         let watched = Arc::new(Watched {
             generation: AtomicU64::new(0),
             last_poll_ms: AtomicI64::new(now),
-            bound: membership.bound.clone(),
+            binding: membership.binding.clone(),
             cached: Mutex::new(None),
         });
         users.insert(user.as_str().to_owned(), watched.clone());
@@ -209,8 +209,9 @@ impl UnreadCache {
     }
 
     /// Invalidates the user's view on every hub event until she stops polling.
-    async fn follow(self: Arc<Self>, user: String, mut membership: Membership, w: Arc<Watched>) {
+    async fn follow(self: Arc<Self>, user: String, membership: Membership, w: Arc<Watched>) {
         let linger_ms = i64::try_from(self.linger.as_millis()).unwrap_or(i64::MAX);
+        let mut bound = w.binding.is_bound();
         loop {
             let idle_for = now_ms() - w.last_poll_ms.load(Ordering::Relaxed);
             if idle_for >= linger_ms {
@@ -219,14 +220,15 @@ impl UnreadCache {
             let wait = Duration::from_millis(u64::try_from(linger_ms - idle_for).unwrap_or(0));
             tokio::select! {
                 msg = membership.rx.recv_async() => match msg.ok() {
+                    // Dropped by the hub, or the node is stopping: stop caching rather
+                    // than risk a stale view.
+                    None | Some(HubMsg::Close) => break,
                     Some(_) => w.invalidate(),
-                    // Dropped by the hub: stop caching rather than risk a stale view.
-                    None => break,
                 },
-                changed = membership.bound.changed() => match changed {
-                    Ok(()) => w.invalidate(),
-                    Err(_) => break,
-                },
+                () = w.binding.wait(), if !bound => {
+                    bound = true;
+                    w.invalidate();
+                }
                 () = tokio::time::sleep(wait) => {}
                 () = self.shutdown.cancelled() => break,
             }

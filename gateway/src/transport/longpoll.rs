@@ -47,15 +47,14 @@ pub async fn poll(
     .min(MAX_TIMEOUT_SECS as f64);
     let ctx = &state.sessions;
     // Join (and so bind) before reading: anything committed after the read wakes us.
-    let mut membership = ctx.hub.join(&auth.user, 16).map_err(|e| {
+    let membership = ctx.hub.join(&auth.user, 16).map_err(|e| {
         ApiError::new(
             reddot_shared::error::ErrorCode::TooManyRequests,
             e.to_string(),
         )
     })?;
-    if !*membership.bound.borrow() {
-        let _ =
-            tokio::time::timeout(Duration::from_secs(3), membership.bound.wait_for(|b| *b)).await;
+    if !membership.binding.is_bound() {
+        let _ = tokio::time::timeout(Duration::from_secs(3), membership.binding.wait()).await;
     }
     let cursor = match cursor {
         Some(c) => c,
@@ -73,8 +72,8 @@ pub async fn poll(
         };
         match woke {
             Some(HubMsg::Notification(n)) if n.id <= cursor => continue,
+            Some(HubMsg::Close) | None => return Ok(HttpResponse::NoContent().finish()),
             Some(_) => {}
-            None => return Ok(HttpResponse::NoContent().finish()),
         }
     }
 }
