@@ -1264,7 +1264,12 @@ where
             } else {
                 // grow buffer if necessary.
                 let remaining = this.read_buf.capacity() - this.read_buf.len();
-                if remaining < LW_BUFFER_SIZE {
+                // reddot: only a nearly full buffer grows. Upstream topped it up to 8 KiB
+                // whenever less than 1 KiB was free, so the 1 KiB the probe allocated for
+                // a request head became 8 KiB before the head was parsed. The head is
+                // parsed in place and its URI keeps that allocation alive, also while
+                // actix keeps the head for reuse (up to 128 per worker).
+                if remaining < LW_BUFFER_SIZE / 4 {
                     this.read_buf.reserve(HW_BUFFER_SIZE - remaining);
                 }
 
