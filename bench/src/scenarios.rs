@@ -550,28 +550,40 @@ pub async fn idle(opts: &Opts) -> anyhow::Result<()> {
             let base = gateway.rss_kib().unwrap_or_default();
             let broker_base = broker_memory().await;
             let (tx, _rx) = mpsc::unbounded_channel();
-            let started = Instant::now();
             let sem = Arc::new(tokio::sync::Semaphore::new(256));
-            let opens = (0..n).map(|i| {
-                let (tx, sem, port) = (tx.clone(), sem.clone(), gateway.port);
-                async move {
-                    let _permit = sem.acquire().await?;
-                    let token = clients::mint(&format!("u{i}"), 3600);
-                    if transport == "sse" {
-                        clients::sse(port, i, &token, None, tx).await
-                    } else {
-                        clients::ws(port, i, &token, tx).await
+            let open = |range: std::ops::Range<usize>| {
+                join_all(range.map(|i| {
+                    let (tx, sem, port) = (tx.clone(), sem.clone(), gateway.port);
+                    async move {
+                        let _permit = sem.acquire().await?;
+                        let token = clients::mint(&format!("u{i}"), 3600);
+                        if transport == "sse" {
+                            clients::sse(port, i, &token, None, tx).await
+                        } else {
+                            clients::ws(port, i, &token, tx).await
+                        }
                     }
-                }
-            });
-            let handles: Vec<_> = join_all(opens)
-                .await
-                .into_iter()
-                .collect::<Result<_, _>>()?;
-            let connect_rate = n as f64 / started.elapsed().as_secs_f64();
+                }))
+            };
+            // Two steps: the first tenth brings the node's one-time costs (database
+            // connections and their threads, allocator arenas, pools) to their working
+            // size, so the rest measures what one more connection costs.
+            let warm = n / 10;
+            let mut handles: Vec<_> = open(0..warm).await.into_iter().collect::<Result<_, _>>()?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let warm_rss = gateway.rss_kib().unwrap_or_default();
+            let resumed = Instant::now();
+            handles.extend(
+                open(warm..n)
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
+            let connect_rate = (n - warm) as f64 / resumed.elapsed().as_secs_f64();
             tokio::time::sleep(Duration::from_secs(2)).await;
             let rss = gateway.rss_kib().unwrap_or_default();
-            let per_conn = (rss.saturating_sub(base) as f64 * 1024.0) / n as f64;
+            let per_conn = (rss.saturating_sub(warm_rss) as f64 * 1024.0) / (n - warm) as f64;
+            let per_conn_all = (rss.saturating_sub(base) as f64 * 1024.0) / n as f64;
             let broker_per_user = broker_memory()
                 .await
                 .zip(broker_base)
@@ -580,11 +592,13 @@ pub async fn idle(opts: &Opts) -> anyhow::Result<()> {
                 transport.into(),
                 n.to_string(),
                 format!("{:.0}", per_conn),
+                format!("{:.0}", per_conn_all),
                 format!("{:.1}", rss as f64 / 1024.0),
                 broker_per_user.map_or("n/a".into(), |b| format!("{b:.0}")),
                 format!("{connect_rate:.0}"),
             ]);
             results.push(json!({"transport": transport, "connections": n, "gateway_bytes_per_connection": per_conn,
+                "gateway_bytes_per_connection_with_one_time_costs": per_conn_all,
                 "gateway_rss_mib": rss as f64 / 1024.0, "broker_bytes_per_user": broker_per_user, "connects_per_s": connect_rate}));
             for h in handles {
                 h.abort();
@@ -598,6 +612,7 @@ pub async fn idle(opts: &Opts) -> anyhow::Result<()> {
             "transport",
             "connections",
             "gateway bytes/conn",
+            "incl. one-time costs",
             "gateway RSS MiB",
             "RabbitMQ bytes/user",
             "connects/s",
