@@ -123,6 +123,10 @@ impl Application {
                 .service(routes::health::metrics_text)
                 .default_service(web::to(http::not_found))
         })
+        // Nagle's algorithm would hold a frame back until the client acknowledged the
+        // previous one, and clients delay their acknowledgements (up to 40 ms on
+        // Linux): a push server writes each event as soon as it has it.
+        .tcp_nodelay(true)
         .listen(listener)?
         .disable_signals()
         .shutdown_timeout(10)
