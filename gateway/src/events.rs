@@ -1,10 +1,28 @@
 //! What a session sends, and its encoding for each transport. Notification JSON is kept
 //! as the text the relay published and spliced into frames, never re-serialized.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use reddot_shared::{domain::Notification, metrics as m, store::inbox::Unread, time::now_ms};
 use serde_json::json;
+
+/// Metric handles of the hot path, looked up once: a broadcast to 10,000 sessions would
+/// otherwise hash the metric's key in the registry 20,000 times.
+struct DeliveryMetrics {
+    sse: metrics::Counter,
+    ws: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+static DELIVERY_METRICS: LazyLock<DeliveryMetrics> = LazyLock::new(|| {
+    // A handle taken before the recorder exists would count nothing, ever.
+    m::install();
+    DeliveryMetrics {
+        sse: metrics::counter!(m::DELIVERIES, "transport" => "sse"),
+        ws: metrics::counter!(m::DELIVERIES, "transport" => "ws"),
+        latency: metrics::histogram!(m::DELIVERY_LATENCY),
+    }
+});
 
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -34,8 +52,14 @@ impl Event {
     /// Counts a notification written to a client and its latency since it was created.
     pub fn record_delivery(&self, transport: &'static str) {
         if let Event::Notification { created_at, .. } = self {
-            metrics::counter!(m::DELIVERIES, "transport" => transport).increment(1);
-            metrics::histogram!(m::DELIVERY_LATENCY)
+            let handles = &*DELIVERY_METRICS;
+            match transport {
+                "sse" => handles.sse.increment(1),
+                "ws" => handles.ws.increment(1),
+                _ => metrics::counter!(m::DELIVERIES, "transport" => transport).increment(1),
+            }
+            handles
+                .latency
                 .record((now_ms() - created_at).max(0) as f64 / 1000.0);
         }
     }

@@ -128,3 +128,52 @@ async fn a_user_first_seen_after_a_broadcast_still_gets_it_on_resume() -> anyhow
     assert_eq!(unread.data["as_of"], broadcast);
     Ok(())
 }
+
+/// The value of the `/metrics` sample whose name and labels are exactly `series`.
+async fn sample(gw: &Gateway, series: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(gw.url("/metrics")).await?.text().await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0))
+}
+
+#[tokio::test]
+async fn deliveries_are_counted_per_transport_with_their_latency() -> anyhow::Result<()> {
+    // Arrange: alice on SSE and on WebSocket.
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let alice = stack.token("alice").await?;
+    let mut sessions = vec![
+        gw.client("sse", &Connect::bearer(&alice)).await?,
+        gw.client("ws", &Connect::bearer(&alice)).await?,
+    ];
+
+    // Act: three notifications, each written to both sessions.
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            stack
+                .notify(&to_users(&["alice"], &format!("n{i}")))
+                .await?,
+        );
+    }
+    for session in &mut sessions {
+        assert_eq!(session.ids_until(ids[2], DELIVERY).await?, ids);
+    }
+
+    // Assert: three per transport, six latencies.
+    assert_eq!(
+        sample(&gw, r#"reddot_deliveries_total{transport="sse"}"#).await?,
+        3.0
+    );
+    assert_eq!(
+        sample(&gw, r#"reddot_deliveries_total{transport="ws"}"#).await?,
+        3.0
+    );
+    assert_eq!(
+        sample(&gw, "reddot_delivery_latency_seconds_count").await?,
+        6.0
+    );
+    Ok(())
+}
