@@ -448,6 +448,60 @@ pub async fn latency(opts: &Opts) -> anyhow::Result<()> {
 
 /// Broadcasts to every online session: as fast as the producer accepts them, then paced
 /// (the same sessions), which separates fan-out capacity from queueing delay.
+/// How the broadcasts of one `broadcast` round are sent.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// Each as soon as the previous post was accepted (201): the scenario.
+    Flat,
+    /// At a fixed rate per second.
+    Every(u32),
+    /// Each once the previous one reached every session: one broadcast's fan-out time,
+    /// as load tools that wait for the previous message measure it.
+    AfterDelivered,
+}
+
+impl Pace {
+    fn label(self) -> String {
+        match self {
+            Pace::Flat => "as fast as accepted".into(),
+            Pace::Every(p) => format!("{p}/s"),
+            Pace::AfterDelivered => "each after the last reached all".into(),
+        }
+    }
+}
+
+/// Deliveries of one `broadcast` round as they arrive: per (session, id), with latency.
+struct Tally {
+    sent_at: HashMap<i64, Instant>,
+    got: HashMap<(usize, i64), u32>,
+    latency: hdrhistogram::Histogram<u64>,
+    last: Instant,
+}
+
+impl Tally {
+    /// Reads deliveries until `want` distinct ones arrived, or none for 10 s.
+    async fn receive_until(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<clients::Received>,
+        want: usize,
+    ) -> anyhow::Result<()> {
+        while self.got.len() < want {
+            let Ok(Some((session, id, at))) =
+                tokio::time::timeout(Duration::from_secs(10), rx.recv()).await
+            else {
+                return Ok(());
+            };
+            if let Some(t0) = self.sent_at.get(&id) {
+                self.latency
+                    .record(at.saturating_duration_since(*t0).as_micros().max(1) as u64)?;
+                *self.got.entry((session, id)).or_default() += 1;
+                self.last = at;
+            }
+        }
+        Ok(())
+    }
+}
+
 pub async fn broadcast(opts: &Opts) -> anyhow::Result<()> {
     let (sessions, count) = if opts.quick { (200, 20) } else { (10_000, 100) };
     let backend = opts.backend();
@@ -457,11 +511,27 @@ pub async fn broadcast(opts: &Opts) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let mut rows = Vec::new();
     let mut results = Vec::new();
-    for pace in [None, Some(10u32)] {
-        let mut ticker =
-            pace.map(|p| tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(p))));
+    let paces = [
+        Pace::Flat,
+        Pace::Every(10),
+        Pace::Every(20),
+        Pace::AfterDelivered,
+    ];
+    for pace in paces {
+        let mut ticker = match pace {
+            Pace::Every(p) => Some(tokio::time::interval(Duration::from_secs_f64(
+                1.0 / f64::from(p),
+            ))),
+            _ => None,
+        };
         let started = Instant::now();
-        let mut sent_at = HashMap::new();
+        let expected = sessions * count;
+        let mut tally = Tally {
+            sent_at: HashMap::new(),
+            got: HashMap::with_capacity(expected),
+            latency: report::new_histogram(),
+            last: started,
+        };
         for _ in 0..count {
             if let Some(t) = ticker.as_mut() {
                 t.tick().await;
@@ -475,44 +545,37 @@ pub async fn broadcast(opts: &Opts) -> anyhow::Result<()> {
             )
             .await?;
             anyhow::ensure!(status == 201, "post failed: {v}");
-            sent_at.insert(v["id"].as_i64().unwrap_or_default(), t0);
-        }
-        let posted = started.elapsed().as_secs_f64();
-        let expected = sessions * count;
-        let mut got: HashMap<(usize, i64), u32> = HashMap::with_capacity(expected);
-        let mut h = report::new_histogram();
-        let mut last = started;
-        while got.len() < expected {
-            let Ok(Some((session, id, at))) =
-                tokio::time::timeout(Duration::from_secs(10), rx.recv()).await
-            else {
-                break;
-            };
-            if let Some(t0) = sent_at.get(&id) {
-                h.record(at.saturating_duration_since(*t0).as_micros().max(1) as u64)?;
-                *got.entry((session, id)).or_default() += 1;
-                last = at;
+            tally
+                .sent_at
+                .insert(v["id"].as_i64().unwrap_or_default(), t0);
+            if matches!(pace, Pace::AfterDelivered) {
+                tally
+                    .receive_until(&mut rx, tally.sent_at.len() * sessions)
+                    .await?;
             }
         }
-        let elapsed = last.duration_since(started).as_secs_f64();
-        let lost = expected - got.len();
-        let dup: u32 = got.values().map(|n| n - 1).sum();
-        let rate = got.len() as f64 / elapsed;
-        let label = pace.map_or("as fast as accepted".to_owned(), |p| format!("{p}/s"));
+        let posted = started.elapsed().as_secs_f64();
+        tally.receive_until(&mut rx, expected).await?;
+        let h = &tally.latency;
+        let elapsed = tally.last.duration_since(started).as_secs_f64();
+        let lost = expected - tally.got.len();
+        let dup: u32 = tally.got.values().map(|n| n - 1).sum();
+        let rate = tally.got.len() as f64 / elapsed;
+        let label = pace.label();
         rows.push(vec![
             name(backend).into(),
             label.clone(),
             format!("{posted:.2}"),
             format!("{rate:.0}"),
             format!("{elapsed:.2}"),
-            format!("{:.1}", report::ms(&h, 0.5)),
-            format!("{:.1}", report::ms(&h, 0.99)),
+            format!("{:.1}", report::ms(h, 0.5)),
+            format!("{:.1}", report::ms(h, 0.99)),
             lost.to_string(),
             dup.to_string(),
         ]);
         results.push(json!({"db": name(backend), "pace": label, "sessions": sessions, "broadcasts": count,
             "posted_in_s": posted, "deliveries_per_s": rate, "seconds": elapsed,
-            "p50_ms": report::ms(&h, 0.5), "p99_ms": report::ms(&h, 0.99), "lost": lost, "duplicated": dup}));
+            "p50_ms": report::ms(h, 0.5), "p99_ms": report::ms(h, 0.99), "lost": lost, "duplicated": dup}));
     }
     report::table(
         &format!("broadcast — {count} broadcasts to {sessions} SSE sessions"),
