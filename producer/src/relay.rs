@@ -1,8 +1,12 @@
 //! The outbox relay: the only code that publishes notifications. One relay at a time
 //! across all producers holds the `outbox_relay` lease; it reads the outbox in id order,
-//! publishes each message persistent on a confirm channel, waits for every confirm of the
-//! batch and only then deletes the rows. A failure republishes the whole batch: gateways
-//! drop ids they already sent, so a repeat is harmless and a gap is impossible.
+//! publishes each message persistent on a confirm channel, and hands the batch to a
+//! settling task that waits for every confirm and only then deletes the rows. Meanwhile
+//! the relay reads and publishes the next batch (after the last id it published: commit
+//! order is id order, so nothing can appear behind it): a notification waits for one
+//! read and one publish, not for the confirms and the delete of the batch before it.
+//! A failure anywhere starts again from the oldest row still in the outbox: gateways drop
+//! ids they already sent, so a repeat is harmless and a gap is impossible.
 //!
 //! With MQTT on, each targeted notification also goes to `amq.topic` once per recipient
 //! on the same channel, inside the same batch: a row is deleted only once the gateways'
@@ -12,7 +16,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::Poll,
     time::{Duration, Instant},
@@ -28,7 +32,7 @@ use reddot_shared::{
     time::now_ms,
 };
 use sea_orm::DatabaseConnection;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 const LEASE: &str = "outbox_relay";
@@ -39,6 +43,8 @@ const BATCH: u32 = 1024;
 /// Messages handed to lapin and not yet written, at most.
 const PUBLISH_WINDOW: usize = 1024;
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Published batches whose confirms and deletes are still to come, at most.
+const BATCHES_IN_FLIGHT: usize = 4;
 /// How long a stopping producer keeps publishing what is left in the outbox.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -60,6 +66,27 @@ struct Link {
     channel: lapin::Channel,
 }
 
+/// A published batch: its rows are deleted once every confirm is in.
+struct InFlight {
+    /// Which run of the relay published it: see [`Settler::failed`].
+    generation: u64,
+    ids: Vec<i64>,
+    /// Notifications published (rows of expired ones are only deleted).
+    published: usize,
+    created_at: Vec<i64>,
+    confirms: Vec<lapin::PublisherConfirm>,
+}
+
+/// The settling task's side: confirms, deletes, and the publish-lag metric.
+struct Settler {
+    db: DatabaseConnection,
+    writer: crate::writer::Writer,
+    /// One more than the newest generation a batch of which failed (0: none did). The
+    /// relay starts over from the oldest outbox row when it passes its own generation;
+    /// failures of batches from before that restart change nothing.
+    failed: Arc<AtomicU64>,
+}
+
 impl Relay {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut link: Option<Link> = None;
@@ -67,6 +94,21 @@ impl Relay {
         let mut renewed_at: Option<Instant> = None;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut flush_until: Option<Instant> = None;
+        // The last id handed to the broker in this generation; the next read starts after
+        // it. Every restart (a failure, a lost lease) bumps the generation and reads from
+        // the oldest row again.
+        let mut cursor = 0;
+        let mut generation = 0;
+        let failed = Arc::new(AtomicU64::new(0));
+        let (to_settle, settling) = mpsc::channel(BATCHES_IN_FLIGHT);
+        let settler = tokio::spawn(
+            Settler {
+                db: self.db.clone(),
+                writer: self.writer.clone(),
+                failed: failed.clone(),
+            }
+            .run(settling),
+        );
 
         loop {
             if flush_until.is_none() && shutdown.is_cancelled() {
@@ -96,12 +138,26 @@ impl Relay {
                 if flush_until.is_some() {
                     break;
                 }
+                (cursor, generation) = (0, generation + 1);
                 self.idle(&shutdown, self.poll.max(Duration::from_millis(500)))
                     .await;
                 continue;
             }
+            let failed_generation = failed.load(Ordering::Acquire);
+            if failed_generation > generation {
+                // A batch was not confirmed or its rows not deleted: publish again from
+                // the oldest row left, on a fresh channel.
+                self.amqp_ok.store(false, Ordering::Relaxed);
+                link = None;
+                (cursor, generation) = (0, failed_generation);
+                if flush_until.is_some() {
+                    break;
+                }
+                self.idle(&shutdown, backoff.next_delay()).await;
+                continue;
+            }
 
-            let pending = match outbox::pending(&self.db, BATCH, now_ms()).await {
+            let pending = match outbox::pending(&self.db, cursor, BATCH, now_ms()).await {
                 Ok(p) => p,
                 Err(err) => {
                     tracing::warn!(error = %err, "could not read the outbox");
@@ -109,7 +165,7 @@ impl Relay {
                     continue;
                 }
             };
-            if pending.ids.is_empty() {
+            let Some(&last) = pending.ids.last() else {
                 if flush_until.is_some() {
                     break;
                 }
@@ -124,32 +180,29 @@ impl Relay {
                 }
                 self.idle(&shutdown, self.poll).await;
                 continue;
-            }
+            };
             match self.publish(&mut link, &pending.items).await {
-                Ok(()) => {
+                Ok(confirms) => {
                     self.amqp_ok.store(true, Ordering::Relaxed);
                     backoff.reset();
-                    if let Err(err) = self.mark_published(&pending.ids).await {
-                        // Published but not marked: the next round publishes them again,
-                        // which gateways absorb as duplicates.
-                        tracing::warn!(error = %err, "could not mark published rows");
-                        continue;
+                    cursor = last;
+                    tracing::debug!(count = pending.items.len(), last, "published");
+                    let batch = InFlight {
+                        generation,
+                        ids: pending.ids,
+                        published: pending.items.len(),
+                        created_at: pending.created_at,
+                        confirms,
+                    };
+                    // Waits while BATCHES_IN_FLIGHT batches are unconfirmed.
+                    if to_settle.send(batch).await.is_err() {
+                        anyhow::bail!("the relay's settling task stopped");
                     }
-                    let now = now_ms();
-                    for created in &pending.created_at {
-                        metrics::histogram!(m::PUBLISH_LAG)
-                            .record((now - created).max(0) as f64 / 1000.0);
-                    }
-                    metrics::counter!(m::OUTBOX_PUBLISHED).increment(pending.items.len() as u64);
-                    tracing::debug!(
-                        count = pending.items.len(),
-                        last = pending.ids.last(),
-                        "published"
-                    );
                 }
                 Err(err) => {
                     self.amqp_ok.store(false, Ordering::Relaxed);
                     link = None;
+                    (cursor, generation) = (0, generation + 1);
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64, "publish failed; will retry");
                     if flush_until.is_some() {
@@ -159,6 +212,9 @@ impl Relay {
                 }
             }
         }
+        // What was published is confirmed and deleted before the lease goes.
+        drop(to_settle);
+        settler.await.context("the relay's settling task")?;
         if leader && let Err(err) = lease::release(&self.db, LEASE, &self.holder).await {
             tracing::warn!(error = %err, "could not release the relay lease");
         }
@@ -173,17 +229,6 @@ impl Relay {
         Ok(())
     }
 
-    /// Deletes confirmed rows through the writer (see `crate::writer`), or directly once
-    /// the writer has stopped (the final flush at shutdown).
-    async fn mark_published(&self, ids: &[i64]) -> Result<(), reddot_shared::store::StoreError> {
-        match self.writer.mark_published(ids.to_vec()).await {
-            Err(reddot_shared::store::StoreError::WriterGone) => {
-                outbox::mark_published(&self.db, ids).await
-            }
-            other => other,
-        }
-    }
-
     /// Waits for a wake-up, the delay, or shutdown.
     async fn idle(&self, shutdown: &CancellationToken, delay: Duration) {
         tokio::select! {
@@ -193,11 +238,13 @@ impl Relay {
         }
     }
 
+    /// Hands every message of a batch to the broker, in id order; returns their
+    /// confirms, still to come.
     async fn publish(
         &self,
         link: &mut Option<Link>,
         items: &[(reddot_shared::domain::Notification, Vec<String>)],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Vec<lapin::PublisherConfirm>> {
         if link
             .as_ref()
             .is_none_or(|l| !l.channel.status().connected())
@@ -245,16 +292,7 @@ impl Relay {
         while let Some(confirm) = written.next().await {
             confirms.push(confirm.context("basic.publish")?);
         }
-        for confirm in confirms {
-            let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
-                .await
-                .context("publisher confirm timed out")?
-                .context("publisher confirm")?;
-            if confirmation.is_nack() {
-                anyhow::bail!("the broker refused (nack) a message");
-            }
-        }
-        Ok(())
+        Ok(confirms)
     }
 
     async fn connect(&self) -> anyhow::Result<Link> {
@@ -278,5 +316,49 @@ impl Relay {
             _conn: conn,
             channel,
         })
+    }
+}
+
+impl Settler {
+    /// Settles batches in the order they were published until the relay stops.
+    async fn run(self, mut batches: mpsc::Receiver<InFlight>) {
+        while let Some(batch) = batches.recv().await {
+            let generation = batch.generation;
+            if let Err(err) = self.settle(batch).await {
+                tracing::warn!(error = %format!("{err:#}"), "a published batch did not settle; publishing again from the oldest row");
+                self.failed.fetch_max(generation + 1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    async fn settle(&self, batch: InFlight) -> anyhow::Result<()> {
+        for confirm in batch.confirms {
+            let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+                .await
+                .context("publisher confirm timed out")?
+                .context("publisher confirm")?;
+            if confirmation.is_nack() {
+                anyhow::bail!("the broker refused (nack) a message");
+            }
+        }
+        let now = now_ms();
+        for created in &batch.created_at {
+            metrics::histogram!(m::PUBLISH_LAG).record((now - created).max(0) as f64 / 1000.0);
+        }
+        metrics::counter!(m::OUTBOX_PUBLISHED).increment(batch.published as u64);
+        self.mark_published(&batch.ids)
+            .await
+            .context("deleting published rows")
+    }
+
+    /// Deletes confirmed rows through the writer (see `crate::writer`), or directly once
+    /// the writer has stopped (the final flush at shutdown).
+    async fn mark_published(&self, ids: &[i64]) -> Result<(), reddot_shared::store::StoreError> {
+        match self.writer.mark_published(ids.to_vec()).await {
+            Err(reddot_shared::store::StoreError::WriterGone) => {
+                outbox::mark_published(&self.db, ids).await
+            }
+            other => other,
+        }
     }
 }

@@ -30,17 +30,23 @@ struct OutboxRow {
     recipients: Option<i64>,
 }
 
-/// Reads up to `limit` pending notifications, fewer when they carry many recipients.
+/// Reads up to `limit` pending notifications with ids above `after`, fewer when they
+/// carry many recipients.
 pub async fn pending(
     db: &impl ConnectionTrait,
+    after: i64,
     limit: u32,
     now_ms: i64,
 ) -> Result<Pending, StoreError> {
+    // The recipient count by a lookup per row rather than a join: PostgreSQL merges a
+    // join, walking the notifications' index from its first id, ever longer as the table
+    // grows (20 ms a read at 40,000 rows).
     let rows = OutboxRow::find_by_statement(stmt(
         db,
-        "SELECT o.notification_id, o.created_at, n.recipients FROM outbox o \
-         LEFT JOIN notifications n ON n.id = o.notification_id ORDER BY o.notification_id LIMIT $1",
-        [i64::from(limit).into()],
+        "SELECT o.notification_id, o.created_at, \
+         (SELECT n.recipients FROM notifications n WHERE n.id = o.notification_id) AS recipients \
+         FROM outbox o WHERE o.notification_id > $1 ORDER BY o.notification_id LIMIT $2",
+        [after.into(), i64::from(limit).into()],
     ))
     .all(db)
     .await?;
