@@ -644,6 +644,7 @@ pub async fn idle(opts: &Opts) -> anyhow::Result<()> {
             );
             let connect_rate = (n - warm) as f64 / resumed.elapsed().as_secs_f64();
             tokio::time::sleep(Duration::from_secs(2)).await;
+            bindings_in_place(&d.vhost, n).await;
             let rss = gateway.rss_kib().unwrap_or_default();
             let per_conn = (rss.saturating_sub(warm_rss) as f64 * 1024.0) / (n - warm) as f64;
             let per_conn_all = (rss.saturating_sub(base) as f64 * 1024.0) / n as f64;
@@ -677,7 +678,7 @@ pub async fn idle(opts: &Opts) -> anyhow::Result<()> {
             "gateway bytes/conn",
             "incl. one-time costs",
             "gateway RSS MiB",
-            "RabbitMQ bytes/user",
+            "RabbitMQ routing bytes/user",
             "connects/s",
         ],
         &rows,
@@ -687,17 +688,42 @@ pub async fn idle(opts: &Opts) -> anyhow::Result<()> {
 }
 
 /// RabbitMQ node memory in bytes (management API).
+/// RabbitMQ's memory for routing: bindings live in its Mnesia and ETS tables. Read live
+/// from the node; its `mem_used` also counts every process heap, which garbage
+/// collection moves by megabytes (per-user figures came out negative).
 async fn broker_memory() -> Option<i64> {
-    let v: Value = reqwest::Client::new()
-        .get("http://127.0.0.1:15672/api/nodes")
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    v.get(0)?.get("mem_used")?.as_i64()
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://127.0.0.1:15672/api{path}"))
+                .basic_auth("guest", Some("guest"))
+                .send()
+                .await
+                .ok()?
+                .json::<Value>()
+                .await
+                .ok()
+        }
+    };
+    let nodes = get("/nodes".into()).await?;
+    let node = nodes.get(0)?.get("name")?.as_str()?.to_owned();
+    let memory = get(format!("/nodes/{node}/memory")).await?;
+    let tables = memory.get("memory")?;
+    Some(
+        ["mnesia", "other_ets"]
+            .iter()
+            .filter_map(|k| tables.get(*k)?.as_i64())
+            .sum(),
+    )
+}
+
+/// Waits (up to a minute) until the node's queue is bound for `n` users.
+async fn bindings_in_place(vhost: &Vhost, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && vhost.direct_bindings().await.map_or(0, |b| b.len()) < n {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Short polling: `/v1/unread` requests/s with and without `If-None-Match`, and the
