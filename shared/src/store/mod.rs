@@ -159,6 +159,18 @@ pub fn list(n: usize, first: usize) -> String {
         .join(", ")
 }
 
+/// `ids` lengthened to the next power of two by repeating the last one, for an `IN`
+/// list: a list of every length is a new statement text — on PostgreSQL a prepare round
+/// trip and a plan — for each count, and the connection's statement cache holds 100.
+/// Powers of two make 11 texts up to 1,024, and a repeated id changes no `IN`.
+pub fn padded_ids(ids: &[i64]) -> Vec<i64> {
+    let mut out = ids.to_vec();
+    if let Some(&last) = ids.last() {
+        out.resize(ids.len().next_power_of_two(), last);
+    }
+    out
+}
+
 /// Most bound values a statement gets: under SQLite's and PostgreSQL's limits.
 pub const MAX_PARAMS: usize = 30_000;
 
@@ -178,5 +190,14 @@ mod tests {
         );
         assert_eq!(placeholders(DbBackend::Sqlite, 2, 2), "(?, ?), (?, ?)");
         assert_eq!(list(3, 4), "$4, $5, $6");
+    }
+
+    #[test]
+    fn id_lists_are_padded_to_a_power_of_two_with_the_last_id() {
+        assert_eq!(padded_ids(&[]), Vec::<i64>::new());
+        assert_eq!(padded_ids(&[7]), vec![7]);
+        assert_eq!(padded_ids(&[1, 2, 3]), vec![1, 2, 3, 3]);
+        assert_eq!(padded_ids(&[1, 2, 3, 4]), vec![1, 2, 3, 4]);
+        assert_eq!(padded_ids(&[5; 513]).len(), 1024);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use sea_orm::{ConnectionTrait, FromQueryResult};
 
-use super::{NOTIFICATION_COLUMNS, NotificationRow, StoreError, list, stmt};
+use super::{NOTIFICATION_COLUMNS, NotificationRow, StoreError, list, padded_ids, stmt};
 use crate::domain::{Audience, Notification};
 
 /// Recipients read per batch at most (one notification may exceed it alone).
@@ -63,12 +63,9 @@ pub async fn pending(
     if pending.ids.is_empty() {
         return Ok(pending);
     }
-    let in_list = list(pending.ids.len(), 1);
-    let values = pending
-        .ids
-        .iter()
-        .map(|id| (*id).into())
-        .collect::<Vec<_>>();
+    let ids = padded_ids(&pending.ids);
+    let in_list = list(ids.len(), 1);
+    let values = ids.iter().map(|id| (*id).into()).collect::<Vec<_>>();
     let notifications = NotificationRow::find_by_statement(stmt(
         db,
         &format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications n WHERE n.id IN ({in_list}) ORDER BY n.id"),
