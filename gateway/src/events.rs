@@ -11,6 +11,7 @@ use serde_json::json;
 struct DeliveryMetrics {
     sse: metrics::Counter,
     ws: metrics::Counter,
+    iframe: metrics::Counter,
     latency: metrics::Histogram,
 }
 
@@ -20,6 +21,7 @@ static DELIVERY_METRICS: LazyLock<DeliveryMetrics> = LazyLock::new(|| {
     DeliveryMetrics {
         sse: metrics::counter!(m::DELIVERIES, "transport" => "sse"),
         ws: metrics::counter!(m::DELIVERIES, "transport" => "ws"),
+        iframe: metrics::counter!(m::DELIVERIES, "transport" => "iframe"),
         latency: metrics::histogram!(m::DELIVERY_LATENCY),
     }
 });
@@ -56,6 +58,7 @@ impl Event {
             match transport {
                 "sse" => handles.sse.increment(1),
                 "ws" => handles.ws.increment(1),
+                "iframe" => handles.iframe.increment(1),
                 _ => metrics::counter!(m::DELIVERIES, "transport" => transport).increment(1),
             }
             handles
