@@ -4,7 +4,9 @@
 //!
 //! The relay's "these rows are published" deletes go through here too, into the next
 //! batch: on SQLite a second writer in the same process would lose the single write lock
-//! to this task's back-to-back transactions and let the outbox lag for seconds.
+//! to this task's back-to-back transactions and let the outbox lag for seconds. They have
+//! their own channel, read first: behind a full queue of requests they waited for seconds
+//! under overload, and the relay, waiting for them, stopped publishing.
 
 use std::sync::Arc;
 
@@ -20,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 const MAX_BATCH: usize = 256;
 /// Recipients committed together at most (one request may exceed it alone).
 const MAX_BATCH_RECIPIENTS: usize = 50_000;
+/// Relay deletes queued at most (the relay has a few batches in flight).
+const PUBLISHED_QUEUE: usize = 16;
 
 type Done = oneshot::Sender<Result<Outcome, StoreError>>;
 
@@ -32,6 +36,7 @@ enum Job {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Job>,
+    published: mpsc::Sender<Job>,
 }
 
 impl Writer {
@@ -48,7 +53,7 @@ impl Writer {
     /// Deletes confirmed outbox rows with the next batch.
     pub async fn mark_published(&self, ids: Vec<i64>) -> Result<(), StoreError> {
         let (done, outcome) = oneshot::channel();
-        self.tx
+        self.published
             .send(Job::Published(ids, done))
             .await
             .map_err(|_| StoreError::WriterGone)?;
@@ -59,12 +64,25 @@ impl Writer {
 pub struct WriterTask {
     db: DatabaseConnection,
     rx: mpsc::Receiver<Job>,
+    published: mpsc::Receiver<Job>,
     relay_wake: Arc<Notify>,
 }
 
 pub fn writer(db: DatabaseConnection, relay_wake: Arc<Notify>) -> (Writer, WriterTask) {
     let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-    (Writer { tx }, WriterTask { db, rx, relay_wake })
+    let (published_tx, published) = mpsc::channel(PUBLISHED_QUEUE);
+    (
+        Writer {
+            tx,
+            published: published_tx,
+        },
+        WriterTask {
+            db,
+            rx,
+            published,
+            relay_wake,
+        },
+    )
 }
 
 impl WriterTask {
@@ -75,15 +93,32 @@ impl WriterTask {
         let mut waiting: Vec<Done> = Vec::with_capacity(MAX_BATCH);
         let mut published: Vec<i64> = Vec::new();
         let mut published_waiting = Vec::new();
+        let mut shutdown_seen = false;
         loop {
             let first = tokio::select! {
+                biased;
+                Some(job) = self.published.recv() => Some(job),
                 job = self.rx.recv() => job,
-                () = shutdown.cancelled() => { self.rx.close(); self.rx.recv().await }
+                () = shutdown.cancelled(), if !shutdown_seen => {
+                    self.rx.close();
+                    self.published.close();
+                    shutdown_seen = true;
+                    continue;
+                }
             };
+            // Every sender is gone (or, after shutdown, both queues are drained: the
+            // biased select took what was left of the deletes first).
             let Some(first) = first else { return Ok(()) };
             let mut recipients = 0;
             let mut next = Some(first);
-            while let Some(job) = next.take() {
+            loop {
+                let job = match self.published.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => match next.take() {
+                        Some(job) => job,
+                        None => break,
+                    },
+                };
                 match job {
                     Job::Write(req, done) => {
                         recipients += req.notification.users.len();
@@ -95,7 +130,8 @@ impl WriterTask {
                         published_waiting.push(done);
                     }
                 }
-                if requests.len() < MAX_BATCH && recipients < MAX_BATCH_RECIPIENTS {
+                if next.is_none() && requests.len() < MAX_BATCH && recipients < MAX_BATCH_RECIPIENTS
+                {
                     next = self.rx.try_recv().ok();
                 }
             }
@@ -133,5 +169,84 @@ fn clone_error(err: &StoreError) -> StoreError {
         StoreError::Timeout
     } else {
         StoreError::Corrupt(err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::anyhow;
+    use reddot_shared::{
+        db,
+        domain::{Audience, Kind, UserId},
+        store::write::NewNotification,
+    };
+
+    use super::*;
+
+    fn request() -> anyhow::Result<Box<WriteRequest>> {
+        Ok(Box::new(WriteRequest {
+            notification: NewNotification {
+                kind: Kind::default(),
+                title: "t".into(),
+                body: String::new(),
+                data: "{}".into(),
+                sender: None,
+                audience: Audience::User,
+                users: vec![UserId::parse("u1")?],
+                expires_at: None,
+            },
+            idempotency: None,
+        }))
+    }
+
+    /// Under overload the queue of requests is full; the relay's delete must still go
+    /// into the next commit, or the relay stalls behind it (seconds of publish lag).
+    #[tokio::test]
+    async fn relay_deletes_overtake_a_full_queue_of_requests() -> anyhow::Result<()> {
+        let file = std::env::temp_dir().join(format!(
+            "reddot-writer-{}.db",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let conn =
+            sea_orm::Database::connect(format!("sqlite://{}?mode=rwc", file.display())).await?;
+        db::migrate(&conn).await?;
+        let (writer, task) = writer(conn, Arc::new(Notify::new()));
+        // Three batches of requests, then a delete, all queued before the writer starts.
+        let mut answers = Vec::new();
+        for _ in 0..3 * MAX_BATCH {
+            let (done, answer) = oneshot::channel();
+            writer
+                .tx
+                .try_send(Job::Write(request()?, done))
+                .map_err(|_| anyhow!("request queue full"))?;
+            answers.push(answer);
+        }
+        let (done, deleted) = oneshot::channel();
+        writer
+            .published
+            .try_send(Job::Published(vec![1], done))
+            .map_err(|_| anyhow!("delete queue full"))?;
+        let running = tokio::spawn(task.run(CancellationToken::new()));
+
+        deleted.await??;
+        // One thread: the writer is back at the database with its second batch.
+        let early: Vec<_> = answers.iter_mut().map(|a| a.try_recv().ok()).collect();
+        let answered = early.iter().flatten().count();
+        assert!(
+            answered <= MAX_BATCH,
+            "the delete waited for {answered} requests"
+        );
+
+        drop(writer);
+        for (answer, early) in answers.into_iter().zip(early) {
+            let outcome = match early {
+                Some(outcome) => outcome,
+                None => answer.await?,
+            };
+            assert!(matches!(outcome, Ok(Outcome::Created(_))));
+        }
+        running.await??;
+        let _ = std::fs::remove_file(&file);
+        Ok(())
     }
 }
