@@ -96,6 +96,16 @@ pub async fn commit_batch(
     batch: &[WriteRequest],
     published: &[i64],
 ) -> Result<Vec<Outcome>, StoreError> {
+    let now = now_ms();
+    if is_postgres(db) && batch.iter().all(|r| r.idempotency.is_none()) {
+        // The common case on PostgreSQL: nothing to look up first, so the lock, the ids
+        // and every row go in one statement that is its own transaction — one round
+        // trip instead of five (BEGIN, lock, ids, rows, COMMIT) while holding the lock.
+        let mut settled: Vec<Settled> = batch.iter().map(|_| Settled::New).collect();
+        write_postgres(db, batch, &mut settled, published, now).await?;
+        return outcomes(settled);
+    }
+
     let txn = db
         .begin_with_options(TransactionOptions {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
@@ -103,10 +113,11 @@ pub async fn commit_batch(
         })
         .await?;
     if is_postgres(&txn) {
+        // Taken before the Idempotency-Keys are looked up, so that two producers
+        // handling the same key one after the other see each other's claim.
         txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({INSERT_LOCK})"))
             .await?;
     }
-    let now = now_ms();
 
     // Settle every Idempotency-Key first (also against earlier requests of this batch),
     // so that the ids of the new notifications can be taken in one go.
@@ -140,83 +151,23 @@ pub async fn commit_batch(
         });
     }
 
-    let new = settled.iter().filter(|s| matches!(s, Settled::New)).count();
-    let mut ids = allocate_ids(&txn, new).await?.into_iter();
-    let mut notification_rows: Vec<NewRow> = Vec::with_capacity(new);
-    let mut recipient_rows: Vec<NewRecipient> = Vec::new();
-    let mut claims: Vec<(&IdempotencyClaim, Created)> = Vec::new();
-    for (req, slot) in batch.iter().zip(settled.iter_mut()) {
-        if !matches!(slot, Settled::New) {
-            continue;
-        }
-        let id = ids
-            .next()
-            .ok_or_else(|| StoreError::Corrupt("fewer ids allocated than asked".into()))?;
-        let n = &req.notification;
-        let recipients = (n.audience == Audience::User).then_some(n.users.len() as i64);
-        notification_rows.push(NewRow {
-            id,
-            kind: n.kind.as_str(),
-            title: &n.title,
-            body: &n.body,
-            data: &n.data,
-            sender: n.sender.as_deref(),
-            audience: n.audience.as_str(),
-            recipients,
-            created_at: now,
-            expires_at: n.expires_at,
-        });
-        recipient_rows.extend(n.users.iter().map(|user| NewRecipient {
-            user_id: user.as_str(),
-            notification_id: id,
-            kind: n.kind.as_str(),
-            expires_at: n.expires_at,
-        }));
-        let created = Created {
-            id,
-            created_at: now,
-            audience: n.audience,
-            recipients,
-        };
-        if let Some(claim) = &req.idempotency {
-            claims.push((claim, created.clone()));
-        }
-        *slot = Settled::Done(Outcome::Created(created));
-    }
-
     if is_postgres(&txn) {
-        write_rows_postgres(&txn, &notification_rows, &recipient_rows, published).await?;
+        write_postgres(&txn, batch, &mut settled, published, now).await?;
     } else {
-        insert_rows(
-            &txn,
-            "notifications (id, kind, title, body, data, sender, audience, recipients, created_at, expires_at)",
-            notification_rows.iter().map(NewRow::values).collect(),
-        )
-        .await?;
-        insert_rows(
-            &txn,
-            "recipients (user_id, notification_id, broadcast, kind, expires_at, state)",
-            recipient_rows.iter().map(NewRecipient::values).collect(),
-        )
-        .await?;
-        insert_rows(
-            &txn,
-            "outbox (notification_id, created_at)",
-            notification_rows
-                .iter()
-                .map(|n| [n.id.into(), n.created_at.into()])
-                .collect(),
-        )
-        .await?;
-        for chunk in published.chunks(1000) {
-            super::outbox::mark_published(&txn, chunk).await?;
-        }
+        write_sqlite(&txn, batch, &mut settled, published, now).await?;
     }
-    for (claim, created) in &claims {
-        remember_idempotent(&txn, claim, created, now).await?;
+    for (req, slot) in batch.iter().zip(&settled) {
+        if let (Some(claim), Settled::Done(Outcome::Created(created))) = (&req.idempotency, slot) {
+            remember_idempotent(&txn, claim, created, now).await?;
+        }
     }
     txn.commit().await?;
-    let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
+    outcomes(settled)
+}
+
+/// The answers in request order, once every new notification is written.
+fn outcomes(settled: Vec<Settled>) -> Result<Vec<Outcome>, StoreError> {
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(settled.len());
     for s in settled {
         outcomes.push(match s {
             Settled::Done(outcome) => outcome,
@@ -234,31 +185,108 @@ pub async fn commit_batch(
     Ok(outcomes)
 }
 
-/// Takes `n` ascending notification ids. Called under the insert lock, so nobody else
-/// takes ids meanwhile and commit order stays id order.
-async fn allocate_ids(txn: &impl ConnectionTrait, n: usize) -> Result<Vec<i64>, StoreError> {
-    if n == 0 {
-        return Ok(Vec::new());
+/// The rows of the batch's new notifications, numbered by `ids`, each `Settled::New`
+/// turned into its `Created` answer.
+struct Rows<'a> {
+    notifications: Vec<NewRow<'a>>,
+    recipients: Vec<NewRecipient<'a>>,
+}
+
+fn rows<'a>(
+    batch: &'a [WriteRequest],
+    settled: &mut [Settled],
+    mut ids: impl Iterator<Item = i64>,
+    now: i64,
+) -> Result<Rows<'a>, StoreError> {
+    let mut rows = Rows {
+        notifications: Vec::with_capacity(batch.len()),
+        recipients: Vec::new(),
+    };
+    for (req, slot) in batch.iter().zip(settled.iter_mut()) {
+        if !matches!(slot, Settled::New) {
+            continue;
+        }
+        let id = ids
+            .next()
+            .ok_or_else(|| StoreError::Corrupt("fewer ids allocated than asked".into()))?;
+        let n = &req.notification;
+        let recipients = (n.audience == Audience::User).then_some(n.users.len() as i64);
+        rows.notifications.push(NewRow {
+            id,
+            kind: n.kind.as_str(),
+            title: &n.title,
+            body: &n.body,
+            data: &n.data,
+            sender: n.sender.as_deref(),
+            audience: n.audience.as_str(),
+            recipients,
+            created_at: now,
+            expires_at: n.expires_at,
+        });
+        rows.recipients
+            .extend(n.users.iter().map(|user| NewRecipient {
+                user_id: user.as_str(),
+                notification_id: id,
+                kind: n.kind.as_str(),
+                expires_at: n.expires_at,
+            }));
+        *slot = Settled::Done(Outcome::Created(Created {
+            id,
+            created_at: now,
+            audience: n.audience,
+            recipients,
+        }));
     }
-    let count = i64::try_from(n).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    if is_postgres(txn) {
-        let rows = txn
-            .query_all_raw(stmt(
-                txn,
-                "SELECT nextval(pg_get_serial_sequence('notifications', 'id')) AS id FROM generate_series(1, $1)",
-                [count.into()],
-            ))
-            .await?;
-        let mut ids = rows
+    Ok(rows)
+}
+
+/// SQLite: the IMMEDIATE transaction already holds the single write lock, so the ids
+/// are read off `sqlite_sequence` and the rows inserted with them.
+async fn write_sqlite(
+    txn: &impl ConnectionTrait,
+    batch: &[WriteRequest],
+    settled: &mut [Settled],
+    published: &[i64],
+    now: i64,
+) -> Result<(), StoreError> {
+    let new = settled.iter().filter(|s| matches!(s, Settled::New)).count();
+    let ids = allocate_ids_sqlite(txn, new).await?;
+    let rows = rows(batch, settled, ids, now)?;
+    insert_rows(
+        txn,
+        "notifications (id, kind, title, body, data, sender, audience, recipients, created_at, expires_at)",
+        rows.notifications.iter().map(NewRow::values).collect(),
+    )
+    .await?;
+    insert_rows(
+        txn,
+        "recipients (user_id, notification_id, broadcast, kind, expires_at, state)",
+        rows.recipients.iter().map(NewRecipient::values).collect(),
+    )
+    .await?;
+    insert_rows(
+        txn,
+        "outbox (notification_id, created_at)",
+        rows.notifications
             .iter()
-            .map(|r| r.try_get::<i64>("", "id"))
-            .collect::<Result<Vec<_>, _>>()?;
-        ids.sort_unstable();
-        return Ok(ids);
+            .map(|n| [n.id.into(), n.created_at.into()])
+            .collect(),
+    )
+    .await?;
+    for chunk in published.chunks(1000) {
+        super::outbox::mark_published(txn, chunk).await?;
     }
-    // SQLite: AUTOINCREMENT keeps the highest id ever used in sqlite_sequence (never
-    // reused, even after the clean-up deleted that row); inserting explicit ids above it
-    // advances it. The IMMEDIATE transaction holds the write lock.
+    Ok(())
+}
+
+/// The next `n` notification ids. AUTOINCREMENT keeps the highest id ever used in
+/// sqlite_sequence (never reused, even after the clean-up deleted that row); inserting
+/// explicit ids above it advances it.
+async fn allocate_ids_sqlite(
+    txn: &impl ConnectionTrait,
+    n: usize,
+) -> Result<std::ops::RangeInclusive<i64>, StoreError> {
+    let count = i64::try_from(n).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let row = txn
         .query_one_raw(stmt(
             txn,
@@ -268,7 +296,7 @@ async fn allocate_ids(txn: &impl ConnectionTrait, n: usize) -> Result<Vec<i64>, 
         .await?
         .ok_or_else(|| StoreError::Corrupt("no sqlite_sequence answer".into()))?;
     let last: i64 = row.try_get("", "last")?;
-    Ok((last + 1..=last + count).collect())
+    Ok(last + 1..=last + count)
 }
 
 /// A `notifications` row to insert.
@@ -325,42 +353,82 @@ impl NewRecipient<'_> {
     }
 }
 
-/// PostgreSQL: the whole batch — notifications, recipients, outbox rows, and deleting
-/// the rows the relay published — in one statement of fixed text, the rows passed as
-/// JSON. Inside the insert lock every round trip is paid by every producer, and a
-/// multi-row `VALUES` list would be a new statement text (parse, plan) per batch size.
-async fn write_rows_postgres(
-    txn: &impl ConnectionTrait,
-    notifications: &[NewRow<'_>],
-    recipients: &[NewRecipient<'_>],
+/// PostgreSQL: the whole batch — the insert lock, the ids, notifications, recipients,
+/// outbox rows, and deleting the rows the relay published — in one statement of fixed
+/// text, the rows passed as JSON and numbered 1…n in place of their ids. A multi-row
+/// `VALUES` list would be a new statement text (parse, plan) per batch size.
+///
+/// The ids are taken after the lock (a row of `ids` needs the row of `lock`), so no
+/// other producer commits a higher id before this one: commit order stays id order.
+/// Run outside a transaction the statement is its own; inside one, the lock is already
+/// held and taking it again is free.
+async fn write_postgres(
+    db: &impl ConnectionTrait,
+    batch: &[WriteRequest],
+    settled: &mut [Settled],
     published: &[i64],
+    now: i64,
 ) -> Result<(), StoreError> {
+    let new = settled.iter().filter(|s| matches!(s, Settled::New)).count();
+    let ordinals = 1..=i64::try_from(new).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let rows = rows(batch, settled, ordinals, now)?;
     let sql = format!(
-        "WITH n AS (\
+        "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock({INSERT_LOCK})), \
+         taken AS MATERIALIZED (\
+           SELECT nextval(pg_get_serial_sequence('notifications', 'id')) AS id \
+           FROM lock, generate_series(1, $4::bigint)), \
+         ids AS MATERIALIZED (SELECT id, row_number() OVER (ORDER BY id) AS ord FROM taken), \
+         n AS (\
            INSERT INTO notifications (id, kind, title, body, data, sender, audience, recipients, created_at, expires_at) \
-           SELECT id, kind, title, body, data, sender, audience, recipients, created_at, expires_at \
+           SELECT ids.id, kind, title, body, data, sender, audience, recipients, created_at, expires_at \
            FROM jsonb_to_recordset($1::jsonb) AS x(id bigint, kind text, title text, body text, data text, \
-             sender text, audience text, recipients bigint, created_at bigint, expires_at bigint)), \
+             sender text, audience text, recipients bigint, created_at bigint, expires_at bigint) \
+           JOIN ids ON ids.ord = x.id), \
          r AS (\
            INSERT INTO recipients (user_id, notification_id, broadcast, kind, expires_at, state) \
-           SELECT user_id, notification_id, 0, kind, expires_at, {unread} \
-           FROM jsonb_to_recordset($2::jsonb) AS x(user_id text, notification_id bigint, kind text, expires_at bigint)), \
+           SELECT user_id, ids.id, 0, kind, expires_at, {unread} \
+           FROM jsonb_to_recordset($2::jsonb) AS x(user_id text, notification_id bigint, kind text, expires_at bigint) \
+           JOIN ids ON ids.ord = x.notification_id), \
          o AS (\
            INSERT INTO outbox (notification_id, created_at) \
-           SELECT id, created_at FROM jsonb_to_recordset($1::jsonb) AS x(id bigint, created_at bigint)) \
-         DELETE FROM outbox WHERE notification_id IN (SELECT value::bigint FROM jsonb_array_elements_text($3::jsonb))",
+           SELECT ids.id, created_at FROM jsonb_to_recordset($1::jsonb) AS x(id bigint, created_at bigint) \
+           JOIN ids ON ids.ord = x.id), \
+         d AS (\
+           DELETE FROM outbox WHERE notification_id IN (SELECT value::bigint FROM jsonb_array_elements_text($3::jsonb))) \
+         SELECT id FROM ids ORDER BY ord",
         unread = super::state::UNREAD
     );
-    txn.execute_raw(stmt(
-        txn,
-        &sql,
-        [
-            to_json(notifications)?.into(),
-            to_json(recipients)?.into(),
-            to_json(published)?.into(),
-        ],
-    ))
-    .await?;
+    let taken = db
+        .query_all_raw(stmt(
+            db,
+            &sql,
+            [
+                to_json(&rows.notifications)?.into(),
+                to_json(&rows.recipients)?.into(),
+                to_json(published)?.into(),
+                (new as i64).into(),
+            ],
+        ))
+        .await?
+        .iter()
+        .map(|r| r.try_get::<i64>("", "id"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if taken.len() != new {
+        return Err(StoreError::Corrupt(format!(
+            "{} ids taken for {new} notifications",
+            taken.len()
+        )));
+    }
+    // Swap the ordinals in the answers for the ids.
+    for slot in settled.iter_mut() {
+        if let Settled::Done(Outcome::Created(created)) = slot
+            && let Some(&id) = usize::try_from(created.id - 1)
+                .ok()
+                .and_then(|i| taken.get(i))
+        {
+            created.id = id;
+        }
+    }
     Ok(())
 }
 
