@@ -58,6 +58,15 @@ impl Application {
             .await
             .context("applying database migrations")?;
         let amqp_pool = amqp::create_pool(&settings.amqp_url).context("REDDOT_AMQP_URL")?;
+        // PostgreSQL: the relay's own connections, whose reads by id list go by index
+        // even on a young database (see `db::connect_for_index_reads`).
+        let relay_db = if settings.is_sqlite() {
+            db.clone()
+        } else {
+            db::connect_for_index_reads(&settings, 2)
+                .await
+                .context("connecting the relay to the database")?
+        };
 
         let shutdown = CancellationToken::new();
         let relay_wake = Arc::new(Notify::new());
@@ -65,7 +74,7 @@ impl Application {
         let (writer, writer_task) = writer::writer(db.clone(), relay_wake.clone());
         let writer_handle = tokio::spawn(writer_task.run(shutdown.child_token()));
         let relay = Relay {
-            db: db.clone(),
+            db: relay_db,
             pool: amqp_pool.clone(),
             wake: relay_wake,
             poll: settings.relay_poll,

@@ -18,8 +18,28 @@ const MIGRATION_LOCK: i64 = 0x7265_6464_6f74_0001;
 
 /// Opens the pool. Nothing is created or migrated here.
 pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, sea_orm::DbErr> {
+    open(settings, settings.db_max_connections, false).await
+}
+
+/// A small pool for reads that must go by index: its PostgreSQL sessions never choose a
+/// sequential scan while an index serves (`enable_seqscan = off`). On a young database
+/// (before autovacuum's first ANALYZE) the planner takes the tables for tiny and scans
+/// them whole, testing every row against the id list, however much they have grown; the
+/// relay's reads took a third of PostgreSQL's CPU that way. (SQLite: an ordinary pool.)
+pub async fn connect_for_index_reads(
+    settings: &Settings,
+    max_connections: u32,
+) -> Result<DatabaseConnection, sea_orm::DbErr> {
+    open(settings, max_connections, true).await
+}
+
+async fn open(
+    settings: &Settings,
+    max_connections: u32,
+    index_reads: bool,
+) -> Result<DatabaseConnection, sea_orm::DbErr> {
     let mut opts = ConnectOptions::new(settings.database_url.clone());
-    opts.max_connections(settings.db_max_connections)
+    opts.max_connections(max_connections)
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
@@ -32,6 +52,9 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, sea_orm:
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
     });
+    if index_reads {
+        opts.map_sqlx_postgres_opts(|o| o.options([("enable_seqscan", "off")]));
+    }
     Database::connect(opts).await
 }
 

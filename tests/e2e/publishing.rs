@@ -41,3 +41,35 @@ async fn sqlite_a_consumer_receives_exactly_the_committed_notifications() -> any
 async fn postgres_a_consumer_receives_exactly_the_committed_notifications() -> anyhow::Result<()> {
     a_consumer_receives_exactly_the_committed_notifications(Backend::Postgres).await
 }
+
+/// The relay reads by id list on its own connections, which never choose a sequential
+/// scan: on a young database the planner takes the tables for tiny and would scan them
+/// whole for every batch, however much they have grown.
+#[tokio::test]
+async fn postgres_the_relays_connections_never_choose_a_sequential_scan() -> anyhow::Result<()> {
+    use reddot_shared::config::{Service, Settings};
+    use sea_orm::{ConnectionTrait, Statement};
+
+    async fn setting(db: &sea_orm::DatabaseConnection) -> anyhow::Result<String> {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT current_setting('enable_seqscan') AS v",
+            ))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no row"))?;
+        Ok(row.try_get("", "v")?)
+    }
+
+    let db = reddot_tests::TestDb::new(Backend::Postgres).await?;
+    let settings = Settings::from_lookup(Service::Producer, |name| match name {
+        "REDDOT_DATABASE_URL" => Some(db.url.clone()),
+        "REDDOT_DEV" => Some("1".into()),
+        _ => None,
+    })?;
+    let relay = reddot_shared::db::connect_for_index_reads(&settings, 1).await?;
+    let everyone_else = reddot_shared::db::connect(&settings).await?;
+    assert_eq!(setting(&relay).await?, "off");
+    assert_eq!(setting(&everyone_else).await?, "on");
+    Ok(())
+}
