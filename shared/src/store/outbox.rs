@@ -65,24 +65,32 @@ pub async fn pending(
     }
     let ids = padded_ids(&pending.ids);
     let in_list = list(ids.len(), 1);
-    let values = ids.iter().map(|id| (*id).into()).collect::<Vec<_>>();
     let notifications = NotificationRow::find_by_statement(stmt(
         db,
         &format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications n WHERE n.id IN ({in_list}) ORDER BY n.id"),
-        values.clone(),
+        ids.iter().map(|id| (*id).into()),
     ))
     .all(db)
     .await?;
     let mut users: HashMap<i64, Vec<String>> = HashMap::new();
-    if notifications
+    let targeted: Vec<i64> = notifications
         .iter()
-        .any(|n| n.audience == Audience::User.as_str())
-    {
+        .filter(|n| n.audience == Audience::User.as_str())
+        .map(|n| n.id)
+        .collect();
+    if !targeted.is_empty() {
+        // Only targeted ids, so no `broadcast = 0` (their rows are all targeted ones): with
+        // it PostgreSQL's cached plan could take the rows by `broadcast` from the unread
+        // index and test each against the id list — the whole table per read.
+        let ids = padded_ids(&targeted);
         let rows = db
             .query_all_raw(stmt(
                 db,
-                &format!("SELECT notification_id, user_id FROM recipients WHERE broadcast = 0 AND notification_id IN ({in_list})"),
-                values,
+                &format!(
+                    "SELECT notification_id, user_id FROM recipients WHERE notification_id IN ({})",
+                    list(ids.len(), 1)
+                ),
+                ids.iter().map(|id| (*id).into()),
             ))
             .await?;
         for row in rows {
