@@ -158,6 +158,10 @@ async fn a_client_reconnecting_every_100_ms_during_concurrent_posting_sees_every
             tokio::spawn(async move {
                 let mut ids = Vec::with_capacity(PER_TASK);
                 for i in 0..PER_TASK {
+                    // Spread over ≥ 1 s, so that the posting spans many reconnects: a
+                    // fast producer took all 400 in under 0.5 s, fewer than the 5
+                    // reconnects the test asserts.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                     ids.push(
                         stack
                             .notify(&to_users(&["alice"], &format!("task {t} post {i}")))
