@@ -185,6 +185,11 @@ fn outcomes(settled: Vec<Settled>) -> Result<Vec<Outcome>, StoreError> {
     Ok(outcomes)
 }
 
+/// How many requests of the batch still need their notification written.
+fn count_new(settled: &[Settled]) -> usize {
+    settled.iter().filter(|s| matches!(s, Settled::New)).count()
+}
+
 /// The rows of the batch's new notifications, numbered by `ids`, each `Settled::New`
 /// turned into its `Created` answer.
 struct Rows<'a> {
@@ -249,7 +254,7 @@ async fn write_sqlite(
     published: &[i64],
     now: i64,
 ) -> Result<(), StoreError> {
-    let new = settled.iter().filter(|s| matches!(s, Settled::New)).count();
+    let new = count_new(settled);
     let ids = allocate_ids_sqlite(txn, new).await?;
     let rows = rows(batch, settled, ids, now)?;
     insert_rows(
@@ -285,7 +290,11 @@ async fn write_sqlite(
 async fn allocate_ids_sqlite(
     txn: &impl ConnectionTrait,
     n: usize,
-) -> Result<std::ops::RangeInclusive<i64>, StoreError> {
+) -> Result<std::ops::Range<i64>, StoreError> {
+    if n == 0 {
+        // A batch of the relay's deletes only: no ids to read.
+        return Ok(0..0);
+    }
     let count = i64::try_from(n).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let row = txn
         .query_one_raw(stmt(
@@ -296,7 +305,7 @@ async fn allocate_ids_sqlite(
         .await?
         .ok_or_else(|| StoreError::Corrupt("no sqlite_sequence answer".into()))?;
     let last: i64 = row.try_get("", "last")?;
-    Ok(last + 1..=last + count)
+    Ok(last + 1..last + 1 + count)
 }
 
 /// A `notifications` row to insert.
@@ -369,9 +378,9 @@ async fn write_postgres(
     published: &[i64],
     now: i64,
 ) -> Result<(), StoreError> {
-    let new = settled.iter().filter(|s| matches!(s, Settled::New)).count();
-    let ordinals = 1..=i64::try_from(new).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let rows = rows(batch, settled, ordinals, now)?;
+    let new = count_new(settled);
+    let count = i64::try_from(new).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let rows = rows(batch, settled, 1..=count, now)?;
     let sql = format!(
         "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock({INSERT_LOCK})), \
          taken AS MATERIALIZED (\
@@ -406,7 +415,7 @@ async fn write_postgres(
                 to_json(&rows.notifications)?.into(),
                 to_json(&rows.recipients)?.into(),
                 to_json(published)?.into(),
-                (new as i64).into(),
+                count.into(),
             ],
         ))
         .await?
