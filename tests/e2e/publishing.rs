@@ -42,19 +42,22 @@ async fn postgres_a_consumer_receives_exactly_the_committed_notifications() -> a
     a_consumer_receives_exactly_the_committed_notifications(Backend::Postgres).await
 }
 
-/// The relay reads by id list on its own connections, which never choose a sequential
-/// scan: on a young database the planner takes the tables for tiny and would scan them
-/// whole for every batch, however much they have grown.
+/// The relay reads by id list on its own connections, which plan every read afresh and
+/// never choose a sequential scan: on a young database the planner takes the tables for
+/// tiny and would scan them whole for every batch, however much they have grown; and a
+/// plan cached while they were tiny (a full-index bitmap scan, when sequential scans are
+/// off) stayed in use as they grew.
 #[tokio::test]
-async fn postgres_the_relays_connections_never_choose_a_sequential_scan() -> anyhow::Result<()> {
+async fn postgres_the_relays_connections_plan_each_read_without_sequential_scans()
+-> anyhow::Result<()> {
     use reddot_shared::config::{Service, Settings};
     use sea_orm::{ConnectionTrait, Statement};
 
-    async fn setting(db: &sea_orm::DatabaseConnection) -> anyhow::Result<String> {
+    async fn setting(db: &sea_orm::DatabaseConnection, name: &str) -> anyhow::Result<String> {
         let row = db
             .query_one_raw(Statement::from_string(
                 db.get_database_backend(),
-                "SELECT current_setting('enable_seqscan') AS v",
+                format!("SELECT current_setting('{name}') AS v"),
             ))
             .await?
             .ok_or_else(|| anyhow::anyhow!("no row"))?;
@@ -69,7 +72,12 @@ async fn postgres_the_relays_connections_never_choose_a_sequential_scan() -> any
     })?;
     let relay = reddot_shared::db::connect_for_index_reads(&settings, 1).await?;
     let everyone_else = reddot_shared::db::connect(&settings).await?;
-    assert_eq!(setting(&relay).await?, "off");
-    assert_eq!(setting(&everyone_else).await?, "on");
+    assert_eq!(setting(&relay, "enable_seqscan").await?, "off");
+    assert_eq!(
+        setting(&relay, "plan_cache_mode").await?,
+        "force_custom_plan"
+    );
+    assert_eq!(setting(&everyone_else, "enable_seqscan").await?, "on");
+    assert_eq!(setting(&everyone_else, "plan_cache_mode").await?, "auto");
     Ok(())
 }
