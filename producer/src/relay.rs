@@ -157,6 +157,7 @@ impl Relay {
                 continue;
             }
 
+            let read_started = Instant::now();
             let pending = match outbox::pending(&self.db, cursor, BATCH, now_ms()).await {
                 Ok(p) => p,
                 Err(err) => {
@@ -181,12 +182,14 @@ impl Relay {
                 self.idle(&shutdown, self.poll).await;
                 continue;
             };
+            let read_ms = ms_since(read_started);
+            let publish_started = Instant::now();
             match self.publish(&mut link, &pending.items).await {
                 Ok(confirms) => {
                     self.amqp_ok.store(true, Ordering::Relaxed);
                     backoff.reset();
                     cursor = last;
-                    tracing::debug!(count = pending.items.len(), last, "published");
+                    let (count, publish_ms) = (pending.items.len(), ms_since(publish_started));
                     let batch = InFlight {
                         generation,
                         ids: pending.ids,
@@ -195,9 +198,20 @@ impl Relay {
                         confirms,
                     };
                     // Waits while BATCHES_IN_FLIGHT batches are unconfirmed.
+                    let handed = Instant::now();
                     if to_settle.send(batch).await.is_err() {
                         anyhow::bail!("the relay's settling task stopped");
                     }
+                    // Where a slow relay spends its time (the stall that was Nagle's
+                    // algorithm on the database connection showed up in `settle_wait_ms`).
+                    tracing::debug!(
+                        count,
+                        last,
+                        read_ms,
+                        publish_ms,
+                        settle_wait_ms = ms_since(handed),
+                        "published"
+                    );
                 }
                 Err(err) => {
                     self.amqp_ok.store(false, Ordering::Relaxed);
@@ -332,6 +346,7 @@ impl Settler {
     }
 
     async fn settle(&self, batch: InFlight) -> anyhow::Result<()> {
+        let started = Instant::now();
         for confirm in batch.confirms {
             let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
                 .await
@@ -346,9 +361,18 @@ impl Settler {
             metrics::histogram!(m::PUBLISH_LAG).record((now - created).max(0) as f64 / 1000.0);
         }
         metrics::counter!(m::OUTBOX_PUBLISHED).increment(batch.published as u64);
+        let confirm_ms = ms_since(started);
+        let deleting = Instant::now();
         self.mark_published(&batch.ids)
             .await
-            .context("deleting published rows")
+            .context("deleting published rows")?;
+        tracing::debug!(
+            rows = batch.ids.len(),
+            confirm_ms,
+            delete_ms = ms_since(deleting),
+            "settled"
+        );
+        Ok(())
     }
 
     /// Deletes confirmed rows through the writer (see `crate::writer`), or directly once
@@ -361,4 +385,8 @@ impl Settler {
             other => other,
         }
     }
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
 }

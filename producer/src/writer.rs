@@ -135,7 +135,16 @@ impl WriterTask {
                     next = self.rx.try_recv().ok();
                 }
             }
-            match commit_batch(&self.db, &requests, &published).await {
+            let started = std::time::Instant::now();
+            let committed = commit_batch(&self.db, &requests, &published).await;
+            tracing::debug!(
+                requests = requests.len(),
+                deletes = published.len(),
+                ms = started.elapsed().as_secs_f64() * 1000.0,
+                ok = committed.is_ok(),
+                "batch written"
+            );
+            match committed {
                 Ok(outcomes) => {
                     if !requests.is_empty() {
                         self.relay_wake.notify_one();
