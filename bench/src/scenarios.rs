@@ -444,12 +444,15 @@ pub async fn latency(opts: &Opts) -> anyhow::Result<()> {
         let sent: Arc<Mutex<HashMap<i64, (usize, Instant)>>> = Arc::default();
         let total = rate as u64 * secs;
         let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
-        let mut tasks = Vec::with_capacity(total as usize);
+        // Finished posts are reaped as they come (see `Load::run`): joining them all at
+        // the end would hold the runtime the SSE readers stamp receipts on.
+        let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..total {
             ticker.tick().await;
+            while tasks.try_join_next().is_some() {}
             let user = rand::random_range(0..users);
             let (http, producer, sent) = (http.clone(), producer.clone(), sent.clone());
-            tasks.push(tokio::spawn(async move {
+            tasks.spawn(async move {
                 let t0 = Instant::now();
                 let body = json!({"to": {"users": [format!("u{user}")]}, "title": "latency"});
                 if let Ok((201, v)) = send_notification(&http, &producer, &body, None)
@@ -460,9 +463,9 @@ pub async fn latency(opts: &Opts) -> anyhow::Result<()> {
                         .await
                         .insert(v["id"].as_i64().unwrap_or_default(), (user, t0));
                 }
-            }));
+            });
         }
-        join_all(tasks).await;
+        tasks.join_all().await;
         let sent = sent.lock().await.clone();
         let mut h = report::new_histogram();
         let mut seen: HashMap<i64, usize> = HashMap::new();
