@@ -1,7 +1,10 @@
 //! What a session sends, and its encoding for each transport. Notification JSON is kept
 //! as the text the relay published and spliced into frames, never re-serialized.
 
-use std::sync::{Arc, LazyLock};
+use std::{
+    fmt::Write,
+    sync::{Arc, LazyLock},
+};
 
 use reddot_shared::{domain::Notification, metrics as m, store::inbox::Unread, time::now_ms};
 use serde_json::json;
@@ -72,7 +75,13 @@ impl Event {
     pub fn sse(&self) -> String {
         match self {
             Event::Notification { id, json, .. } => {
-                format!("event: notification\nid: {id}\ndata: {json}\n\n")
+                // Sized up front: `format!` guesses from the literal parts and grows the
+                // string again for the payload, for every session a broadcast reaches.
+                let mut frame = String::with_capacity(json.len() + 64);
+                let _ = write!(frame, "event: notification\nid: {id}\ndata: ");
+                frame.push_str(json);
+                frame.push_str("\n\n");
+                frame
             }
             Event::Unread(u) => format!("event: unread\ndata: {}\n\n", json!(u)),
             Event::Reset => "event: reset\ndata: {\"reason\":\"gap_too_large\"}\n\n".into(),
@@ -99,11 +108,16 @@ impl Event {
 /// `{"a":1}` → `{"type":"…","a":1}` without parsing.
 fn splice_type(kind: &str, object: &str) -> String {
     let rest = object.strip_prefix('{').unwrap_or(object);
+    let mut out = String::with_capacity(object.len() + kind.len() + 12);
+    out.push_str("{\"type\":\"");
+    out.push_str(kind);
     if rest.trim_start().starts_with('}') {
-        format!("{{\"type\":\"{kind}\"}}")
+        out.push_str("\"}");
     } else {
-        format!("{{\"type\":\"{kind}\",{rest}")
+        out.push_str("\",");
+        out.push_str(rest);
     }
+    out
 }
 
 #[cfg(test)]
@@ -119,6 +133,8 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::from_str(&e.typed_json().unwrap_or_default())?;
         assert_eq!(v, json!({"type": "notification", "id": 3, "title": "a\nb"}));
+        assert_eq!(splice_type("unread", "{}"), r#"{"type":"unread"}"#);
+        assert_eq!(splice_type("unread", "{ }"), r#"{"type":"unread"}"#);
         Ok(())
     }
 

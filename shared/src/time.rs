@@ -1,11 +1,16 @@
 //! Wall-clock time as Unix milliseconds, the unit every timestamp is stored in, and its
 //! RFC 3339 rendering (`2026-11-23T08:00:00.123Z`) used on the wire.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use chrono::{DateTime, SecondsFormat, Utc};
 
-/// Milliseconds since the Unix epoch, now.
+/// Milliseconds since the Unix epoch, now. Read off `SystemTime`: chrono's `Utc::now()`
+/// works out a calendar date first, and the gateway asks once per frame it writes.
 pub fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Renders stored milliseconds as RFC 3339 UTC with millisecond precision.
@@ -25,6 +30,17 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn now_is_the_same_instant_chrono_reads() {
+        let before = Utc::now().timestamp_millis();
+        let now = now_ms();
+        let after = Utc::now().timestamp_millis();
+        assert!(
+            before <= now && now <= after,
+            "{before} <= {now} <= {after}"
+        );
+    }
 
     #[test]
     fn rfc3339_round_trips_with_milliseconds() {
