@@ -387,6 +387,7 @@ impl Settler {
     }
 }
 
-fn ms_since(t: Instant) -> f64 {
+/// Milliseconds since `t`, for the debug timings.
+pub(crate) fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }

@@ -140,7 +140,7 @@ impl WriterTask {
             tracing::debug!(
                 requests = requests.len(),
                 deletes = published.len(),
-                ms = started.elapsed().as_secs_f64() * 1000.0,
+                ms = crate::relay::ms_since(started),
                 ok = committed.is_ok(),
                 "batch written"
             );
