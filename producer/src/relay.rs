@@ -334,45 +334,58 @@ impl Relay {
 }
 
 impl Settler {
-    /// Settles batches in the order they were published until the relay stops.
+    /// Settles batches in the order they were published until the relay stops. Batches
+    /// published while the last ones were settling are settled together: their rows go
+    /// in one delete, so a busy writer gets fewer, larger deletes rather than falling
+    /// further behind.
     async fn run(self, mut batches: mpsc::Receiver<InFlight>) {
-        while let Some(batch) = batches.recv().await {
-            let generation = batch.generation;
-            if let Err(err) = self.settle(batch).await {
-                tracing::warn!(error = %format!("{err:#}"), "a published batch did not settle; publishing again from the oldest row");
-                self.failed.fetch_max(generation + 1, Ordering::AcqRel);
+        while let Some(first) = batches.recv().await {
+            let mut group = vec![first];
+            while let Ok(batch) = batches.try_recv() {
+                group.push(batch);
             }
+            self.settle(group).await;
         }
     }
 
-    async fn settle(&self, batch: InFlight) -> anyhow::Result<()> {
+    async fn settle(&self, group: Vec<InFlight>) {
         let started = Instant::now();
-        for confirm in batch.confirms {
-            let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
-                .await
-                .context("publisher confirm timed out")?
-                .context("publisher confirm")?;
-            if confirmation.is_nack() {
-                anyhow::bail!("the broker refused (nack) a message");
+        let batches = group.len();
+        let mut confirmed = Vec::new();
+        let mut newest_generation = 0;
+        for batch in group {
+            let generation = batch.generation;
+            match confirm(batch).await {
+                Ok(ids) => {
+                    confirmed.extend(ids);
+                    newest_generation = newest_generation.max(generation);
+                }
+                Err(err) => self.fail(generation, &err),
             }
         }
-        let now = now_ms();
-        for created in &batch.created_at {
-            metrics::histogram!(m::PUBLISH_LAG).record((now - created).max(0) as f64 / 1000.0);
+        if confirmed.is_empty() {
+            return;
         }
-        metrics::counter!(m::OUTBOX_PUBLISHED).increment(batch.published as u64);
         let confirm_ms = ms_since(started);
         let deleting = Instant::now();
-        self.mark_published(&batch.ids)
-            .await
-            .context("deleting published rows")?;
-        tracing::debug!(
-            rows = batch.ids.len(),
-            confirm_ms,
-            delete_ms = ms_since(deleting),
-            "settled"
-        );
-        Ok(())
+        match self.mark_published(&confirmed).await {
+            Ok(()) => tracing::debug!(
+                batches,
+                rows = confirmed.len(),
+                confirm_ms,
+                delete_ms = ms_since(deleting),
+                "settled"
+            ),
+            Err(err) => self.fail(
+                newest_generation,
+                &anyhow::Error::new(err).context("deleting published rows"),
+            ),
+        }
+    }
+
+    fn fail(&self, generation: u64, err: &anyhow::Error) {
+        tracing::warn!(error = %format!("{err:#}"), "a published batch did not settle; publishing again from the oldest row");
+        self.failed.fetch_max(generation + 1, Ordering::AcqRel);
     }
 
     /// Deletes confirmed rows through the writer (see `crate::writer`), or directly once
@@ -385,6 +398,25 @@ impl Settler {
             other => other,
         }
     }
+}
+
+/// Waits for every confirm of a batch; returns its rows, to delete.
+async fn confirm(batch: InFlight) -> anyhow::Result<Vec<i64>> {
+    for confirm in batch.confirms {
+        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+            .await
+            .context("publisher confirm timed out")?
+            .context("publisher confirm")?;
+        if confirmation.is_nack() {
+            anyhow::bail!("the broker refused (nack) a message");
+        }
+    }
+    let now = now_ms();
+    for created in &batch.created_at {
+        metrics::histogram!(m::PUBLISH_LAG).record((now - created).max(0) as f64 / 1000.0);
+    }
+    metrics::counter!(m::OUTBOX_PUBLISHED).increment(batch.published as u64);
+    Ok(batch.ids)
 }
 
 /// Milliseconds since `t`, for the debug timings.

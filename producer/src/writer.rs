@@ -3,12 +3,12 @@
 //! relay. Handlers await their own outcome, so a 201 is only sent after the commit.
 //!
 //! The relay's "these rows are published" deletes go through here too, into the next
-//! batch: on SQLite a second writer in the same process would lose the single write lock
+//! batch (a delete alone waits briefly for requests to share the commit): on SQLite a second writer in the same process would lose the single write lock
 //! to this task's back-to-back transactions and let the outbox lag for seconds. They have
 //! their own channel, read first: behind a full queue of requests they waited for seconds
 //! under overload, and the relay, waiting for them, stopped publishing.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use reddot_shared::store::{
     StoreError,
@@ -24,6 +24,8 @@ const MAX_BATCH: usize = 256;
 const MAX_BATCH_RECIPIENTS: usize = 50_000;
 /// Relay deletes queued at most (the relay has a few batches in flight).
 const PUBLISHED_QUEUE: usize = 16;
+/// How long deletes wait for requests to share their commit.
+const DELETE_LINGER: Duration = Duration::from_millis(20);
 
 type Done = oneshot::Sender<Result<Outcome, StoreError>>;
 
@@ -66,6 +68,7 @@ pub struct WriterTask {
     rx: mpsc::Receiver<Job>,
     published: mpsc::Receiver<Job>,
     relay_wake: Arc<Notify>,
+    delete_linger: Duration,
 }
 
 pub fn writer(db: DatabaseConnection, relay_wake: Arc<Notify>) -> (Writer, WriterTask) {
@@ -81,18 +84,45 @@ pub fn writer(db: DatabaseConnection, relay_wake: Arc<Notify>) -> (Writer, Write
             rx,
             published,
             relay_wake,
+            delete_linger: DELETE_LINGER,
         },
     )
+}
+
+/// One commit's worth of jobs.
+#[derive(Default)]
+struct Batch {
+    requests: Vec<WriteRequest>,
+    waiting: Vec<Done>,
+    recipients: usize,
+    published: Vec<i64>,
+    published_waiting: Vec<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+impl Batch {
+    fn add(&mut self, job: Job) {
+        match job {
+            Job::Write(req, done) => {
+                self.recipients += req.notification.users.len();
+                self.requests.push(*req);
+                self.waiting.push(done);
+            }
+            Job::Published(ids, done) => {
+                self.published.extend(ids);
+                self.published_waiting.push(done);
+            }
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.requests.len() >= MAX_BATCH || self.recipients >= MAX_BATCH_RECIPIENTS
+    }
 }
 
 impl WriterTask {
     /// Commits until every [`Writer`] is dropped and the queue is empty; on shutdown it
     /// still commits what was already queued, so accepted requests finish.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut requests: Vec<WriteRequest> = Vec::with_capacity(MAX_BATCH);
-        let mut waiting: Vec<Done> = Vec::with_capacity(MAX_BATCH);
-        let mut published: Vec<i64> = Vec::new();
-        let mut published_waiting = Vec::new();
         let mut shutdown_seen = false;
         loop {
             let first = tokio::select! {
@@ -109,65 +139,82 @@ impl WriterTask {
             // Every sender is gone (or, after shutdown, both queues are drained: the
             // biased select took what was left of the deletes first).
             let Some(first) = first else { return Ok(()) };
-            let mut recipients = 0;
-            let mut next = Some(first);
-            loop {
-                let job = match self.published.try_recv() {
-                    Ok(job) => job,
-                    Err(_) => match next.take() {
-                        Some(job) => job,
-                        None => break,
-                    },
+            let mut batch = Batch::default();
+            self.gather(first, &mut batch);
+            if batch.requests.is_empty() && !shutdown_seen {
+                // Deletes alone are no hurry: a commit of their own cost the writer
+                // every other transaction under steady load (one per relay cycle), and
+                // SQLite's single writer saturated at 1,000 notifications/s. They ride
+                // with the next requests, or go alone once those are slow to come.
+                let request = tokio::select! {
+                    job = self.rx.recv() => job,
+                    () = tokio::time::sleep(self.delete_linger) => None,
+                    () = shutdown.cancelled() => None,
                 };
-                match job {
-                    Job::Write(req, done) => {
-                        recipients += req.notification.users.len();
-                        requests.push(*req);
-                        waiting.push(done);
-                    }
-                    Job::Published(ids, done) => {
-                        published.extend(ids);
-                        published_waiting.push(done);
-                    }
-                }
-                if next.is_none() && requests.len() < MAX_BATCH && recipients < MAX_BATCH_RECIPIENTS
-                {
-                    next = self.rx.try_recv().ok();
+                if let Some(job) = request {
+                    self.gather(job, &mut batch);
                 }
             }
-            let started = std::time::Instant::now();
-            let committed = commit_batch(&self.db, &requests, &published).await;
-            tracing::debug!(
-                requests = requests.len(),
-                deletes = published.len(),
-                ms = crate::relay::ms_since(started),
-                ok = committed.is_ok(),
-                "batch written"
-            );
-            match committed {
-                Ok(outcomes) => {
-                    if !requests.is_empty() {
-                        self.relay_wake.notify_one();
-                    }
-                    for (done, outcome) in waiting.drain(..).zip(outcomes) {
-                        let _ = done.send(Ok(outcome));
-                    }
-                    for done in published_waiting.drain(..) {
-                        let _ = done.send(Ok(()));
-                    }
+            self.commit(batch).await;
+        }
+    }
+
+    /// Adds `first` and whatever else is queued, deletes first, up to a batch's limits.
+    fn gather(&mut self, first: Job, batch: &mut Batch) {
+        let mut next = Some(first);
+        loop {
+            let job = match self.published.try_recv() {
+                Ok(job) => job,
+                Err(_) => match next.take() {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            batch.add(job);
+            if next.is_none() && !batch.full() {
+                next = self.rx.try_recv().ok();
+            }
+        }
+    }
+
+    async fn commit(&self, batch: Batch) {
+        let Batch {
+            requests,
+            waiting,
+            published,
+            published_waiting,
+            ..
+        } = batch;
+        let started = std::time::Instant::now();
+        let committed = commit_batch(&self.db, &requests, &published).await;
+        tracing::debug!(
+            requests = requests.len(),
+            deletes = published.len(),
+            ms = crate::relay::ms_since(started),
+            ok = committed.is_ok(),
+            "batch written"
+        );
+        match committed {
+            Ok(outcomes) => {
+                if !requests.is_empty() {
+                    self.relay_wake.notify_one();
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, requests = requests.len(), "batch not committed");
-                    for done in waiting.drain(..) {
-                        let _ = done.send(Err(clone_error(&err)));
-                    }
-                    for done in published_waiting.drain(..) {
-                        let _ = done.send(Err(clone_error(&err)));
-                    }
+                for (done, outcome) in waiting.into_iter().zip(outcomes) {
+                    let _ = done.send(Ok(outcome));
+                }
+                for done in published_waiting {
+                    let _ = done.send(Ok(()));
                 }
             }
-            requests.clear();
-            published.clear();
+            Err(err) => {
+                tracing::warn!(error = %err, requests = requests.len(), "batch not committed");
+                for done in waiting {
+                    let _ = done.send(Err(clone_error(&err)));
+                }
+                for done in published_waiting {
+                    let _ = done.send(Err(clone_error(&err)));
+                }
+            }
         }
     }
 }
@@ -208,10 +255,7 @@ mod tests {
         }))
     }
 
-    /// Under overload the queue of requests is full; the relay's delete must still go
-    /// into the next commit, or the relay stalls behind it (seconds of publish lag).
-    #[tokio::test]
-    async fn relay_deletes_overtake_a_full_queue_of_requests() -> anyhow::Result<()> {
+    async fn sqlite() -> anyhow::Result<(DatabaseConnection, std::path::PathBuf)> {
         let file = std::env::temp_dir().join(format!(
             "reddot-writer-{}.db",
             uuid::Uuid::new_v4().simple()
@@ -219,6 +263,49 @@ mod tests {
         let conn =
             sea_orm::Database::connect(format!("sqlite://{}?mode=rwc", file.display())).await?;
         db::migrate(&conn).await?;
+        Ok((conn, file))
+    }
+
+    /// A delete alone waits for requests to share their commit (one transaction, not
+    /// two); at shutdown it goes at once.
+    #[tokio::test]
+    async fn a_delete_alone_waits_for_the_next_requests_commit() -> anyhow::Result<()> {
+        let (conn, file) = sqlite().await?;
+        let (writer, mut task) = writer(conn, Arc::new(Notify::new()));
+        // Longer than the test: only a request (or shutdown) can end the wait.
+        task.delete_linger = Duration::from_secs(3600);
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(task.run(shutdown.clone()));
+
+        let deleting = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.mark_published(vec![1]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!deleting.is_finished(), "the delete was committed alone");
+        let outcome = writer.write(*request()?).await?;
+        assert!(matches!(outcome, Outcome::Created(_)));
+        tokio::time::timeout(Duration::from_secs(10), deleting).await???;
+
+        let deleting = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.mark_published(vec![2]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!deleting.is_finished(), "the delete was committed alone");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), deleting).await???;
+        drop(writer);
+        running.await??;
+        let _ = std::fs::remove_file(&file);
+        Ok(())
+    }
+
+    /// Under overload the queue of requests is full; the relay's delete must still go
+    /// into the next commit, or the relay stalls behind it (seconds of publish lag).
+    #[tokio::test]
+    async fn relay_deletes_overtake_a_full_queue_of_requests() -> anyhow::Result<()> {
+        let (conn, file) = sqlite().await?;
         let (writer, task) = writer(conn, Arc::new(Notify::new()));
         // Three batches of requests, then a delete, all queued before the writer starts.
         let mut answers = Vec::new();
