@@ -50,28 +50,36 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
         db: db.map(str::to_owned),
         clients,
     };
-    match scenario.as_str() {
-        "produce" => scenarios::produce(&opts).await,
-        "latency" | "targeted" => scenarios::latency(&opts).await,
-        "idle" => scenarios::idle(&opts).await,
-        "broadcast" => scenarios::broadcast(&opts).await,
-        "poll" => scenarios::poll(&opts).await,
-        "storm" => scenarios::storm(&opts).await,
-        "soak" => soak::soak(&opts, minutes).await,
-        "all" => {
-            scenarios::produce(&opts).await?;
-            scenarios::latency(&opts).await?;
-            scenarios::broadcast(&opts).await?;
-            scenarios::storm(&opts).await?;
-            scenarios::poll(&opts).await?;
-            if opts.quick {
-                // 20 s under --quick; its full length (5 min) is run on its own.
-                soak::soak(&opts, minutes).await?;
-            }
-            scenarios::idle(&opts).await
+    let one = [scenario.as_str()];
+    let names: &[&str] = match scenario.as_str() {
+        // soak joins `all` under --quick (20 s); its full length (5 min) is run on its own.
+        "all" if opts.quick => &[
+            "produce",
+            "targeted",
+            "broadcast",
+            "storm",
+            "poll",
+            "soak",
+            "idle",
+        ],
+        "all" => &["produce", "targeted", "broadcast", "storm", "poll", "idle"],
+        _ => &one,
+    };
+    for name in names {
+        let before = report::CpuTimes::now();
+        match *name {
+            "produce" => scenarios::produce(&opts).await?,
+            "latency" | "targeted" => scenarios::latency(&opts).await?,
+            "idle" => scenarios::idle(&opts).await?,
+            "broadcast" => scenarios::broadcast(&opts).await?,
+            "poll" => scenarios::poll(&opts).await?,
+            "storm" => scenarios::storm(&opts).await?,
+            "soak" => soak::soak(&opts, minutes).await?,
+            other => bail!("unknown scenario {other}"),
         }
-        other => bail!("unknown scenario {other}"),
+        report::machine(name, before);
     }
+    Ok(())
 }
 
 /// Thousands of sockets need more than the usual 1,024 descriptors (children inherit it).
