@@ -425,10 +425,10 @@ pub async fn storm(opts: &Opts) -> anyhow::Result<()> {
     ensure_clean(&results)
 }
 
-/// End-to-end latency, POST sent → SSE event received, at a fixed rate to random users.
 /// A targeted post: its user, when it was sent, and when its 201 came back.
 type Posted = (usize, Instant, Instant);
 
+/// End-to-end latency, POST sent → SSE event received, at a fixed rate to random users.
 pub async fn latency(opts: &Opts) -> anyhow::Result<()> {
     let (users, rates, secs): (usize, Vec<u32>, u64) = if opts.quick {
         (100, vec![50], 2)

@@ -3,10 +3,11 @@
 //! relay. Handlers await their own outcome, so a 201 is only sent after the commit.
 //!
 //! The relay's "these rows are published" deletes go through here too, into the next
-//! batch (a delete alone waits briefly for requests to share the commit): on SQLite a second writer in the same process would lose the single write lock
-//! to this task's back-to-back transactions and let the outbox lag for seconds. They have
-//! their own channel, read first: behind a full queue of requests they waited for seconds
-//! under overload, and the relay, waiting for them, stopped publishing.
+//! batch (a delete alone waits briefly for requests to share the commit): on SQLite a
+//! second writer in the same process would lose the single write lock to this task's
+//! back-to-back transactions and let the outbox lag for seconds. They have their own
+//! channel, read first: behind a full queue of requests they waited for seconds under
+//! overload, and the relay, waiting for them, stopped publishing.
 
 use std::{sync::Arc, time::Duration};
 
