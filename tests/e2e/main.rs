@@ -23,3 +23,4 @@ mod mqtt;
 mod ordering;
 mod producer_api;
 mod publishing;
+mod storing;
