@@ -267,7 +267,7 @@ async fn open_sse(
 
 /// Opens one SSE session per user u0..u{n}, resuming user `i` from `resume[i]` if given;
 /// returns the sessions' reader tasks and the connect rate.
-async fn open_sse_from(
+pub(crate) async fn open_sse_from(
     port: u16,
     n: usize,
     resume: &HashMap<usize, i64>,
@@ -561,35 +561,63 @@ impl Pace {
     }
 }
 
-/// Deliveries of one `broadcast` round as they arrive: per (session, id), with latency.
-struct Tally {
-    sent_at: HashMap<i64, Instant>,
-    got: HashMap<(usize, i64), u32>,
-    latency: hdrhistogram::Histogram<u64>,
-    last: Instant,
+/// Deliveries of one `broadcast` round as they arrive: per (session, broadcast), with
+/// latency. Counted in a flat array rather than a map of a million keys: the bench
+/// shares the CPUs with the gateway, so its bookkeeping per delivery must stay small.
+pub(crate) struct Tally {
+    count: usize,
+    /// Each broadcast's id, the order it was posted in and when.
+    posted: HashMap<i64, (usize, Instant)>,
+    /// How often each session got each broadcast: `[session * count + broadcast]`.
+    got: Vec<u32>,
+    pub(crate) distinct: usize,
+    pub(crate) latency: hdrhistogram::Histogram<u64>,
+    pub(crate) last: Instant,
 }
 
 impl Tally {
+    pub(crate) fn new(sessions: usize, count: usize, started: Instant) -> Self {
+        Self {
+            count,
+            posted: HashMap::with_capacity(count),
+            got: vec![0; sessions * count],
+            distinct: 0,
+            latency: report::new_histogram(),
+            last: started,
+        }
+    }
+
+    pub(crate) fn posted(&mut self, id: i64, at: Instant) {
+        let n = self.posted.len();
+        self.posted.insert(id, (n, at));
+    }
+
     /// Reads deliveries until `want` distinct ones arrived, or none for 10 s.
-    async fn receive_until(
+    pub(crate) async fn receive_until(
         &mut self,
         rx: &mut mpsc::UnboundedReceiver<clients::Received>,
         want: usize,
     ) -> anyhow::Result<()> {
-        while self.got.len() < want {
+        while self.distinct < want {
             let Ok(Some((session, id, at))) =
                 tokio::time::timeout(Duration::from_secs(10), rx.recv()).await
             else {
                 return Ok(());
             };
-            if let Some(t0) = self.sent_at.get(&id) {
+            if let Some(&(n, t0)) = self.posted.get(&id) {
                 self.latency
-                    .record(at.saturating_duration_since(*t0).as_micros().max(1) as u64)?;
-                *self.got.entry((session, id)).or_default() += 1;
+                    .record(at.saturating_duration_since(t0).as_micros().max(1) as u64)?;
+                let count = &mut self.got[session * self.count + n];
+                self.distinct += usize::from(*count == 0);
+                *count += 1;
                 self.last = at;
             }
         }
         Ok(())
+    }
+
+    pub(crate) fn duplicated(&self) -> u32 {
+        self.got.iter().map(|n| n.saturating_sub(1)).sum()
     }
 }
 
@@ -617,12 +645,7 @@ pub async fn broadcast(opts: &Opts) -> anyhow::Result<()> {
         };
         let started = Instant::now();
         let expected = sessions * count;
-        let mut tally = Tally {
-            sent_at: HashMap::new(),
-            got: HashMap::with_capacity(expected),
-            latency: report::new_histogram(),
-            last: started,
-        };
+        let mut tally = Tally::new(sessions, count, started);
         for _ in 0..count {
             if let Some(t) = ticker.as_mut() {
                 t.tick().await;
@@ -636,12 +659,10 @@ pub async fn broadcast(opts: &Opts) -> anyhow::Result<()> {
             )
             .await?;
             anyhow::ensure!(status == 201, "post failed: {v}");
-            tally
-                .sent_at
-                .insert(v["id"].as_i64().unwrap_or_default(), t0);
+            tally.posted(v["id"].as_i64().unwrap_or_default(), t0);
             if matches!(pace, Pace::AfterDelivered) {
                 tally
-                    .receive_until(&mut rx, tally.sent_at.len() * sessions)
+                    .receive_until(&mut rx, tally.posted.len() * sessions)
                     .await?;
             }
         }
@@ -649,9 +670,9 @@ pub async fn broadcast(opts: &Opts) -> anyhow::Result<()> {
         tally.receive_until(&mut rx, expected).await?;
         let h = &tally.latency;
         let elapsed = tally.last.duration_since(started).as_secs_f64();
-        let lost = expected - tally.got.len();
-        let dup: u32 = tally.got.values().map(|n| n - 1).sum();
-        let rate = tally.got.len() as f64 / elapsed;
+        let lost = expected - tally.distinct;
+        let dup = tally.duplicated();
+        let rate = tally.distinct as f64 / elapsed;
         let label = pace.label();
         rows.push(vec![
             name(backend).into(),
