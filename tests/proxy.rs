@@ -1,5 +1,6 @@
-//! A TCP proxy the test can cut and restore: stands between a service and RabbitMQ (or
-//! PostgreSQL) to simulate the dependency going away without touching the shared server.
+//! A TCP proxy the test can cut and restore, or pause and resume: stands between a
+//! service and RabbitMQ (or PostgreSQL) to simulate the dependency going away, or
+//! stalling, without touching the shared server.
 
 use std::sync::{
     Arc,
@@ -7,8 +8,11 @@ use std::sync::{
 };
 
 use tokio::{
-    io::copy_bidirectional,
-    net::{TcpListener, TcpStream},
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        TcpListener, TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
     sync::watch,
 };
 
@@ -16,6 +20,7 @@ pub struct Proxy {
     pub addr: String,
     up: Arc<AtomicBool>,
     cut: watch::Sender<u64>,
+    paused: watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -24,10 +29,11 @@ impl Proxy {
         let addr = listener.local_addr()?.to_string();
         let up = Arc::new(AtomicBool::new(true));
         let (cut, cuts) = watch::channel(0u64);
+        let (paused, pauses) = watch::channel(false);
         let target = target.to_owned();
         let accepting = up.clone();
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if !accepting.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
@@ -35,18 +41,29 @@ impl Proxy {
                 let target = target.clone();
                 let mut cuts = cuts.clone();
                 cuts.borrow_and_update();
+                let pauses = pauses.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                    let Ok(outbound) = TcpStream::connect(&target).await else {
                         return;
                     };
+                    let (in_read, in_write) = inbound.into_split();
+                    let (out_read, out_write) = outbound.into_split();
                     tokio::select! {
-                        _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = futures_util::future::join(
+                            pipe(in_read, out_write, pauses.clone()),
+                            pipe(out_read, in_write, pauses),
+                        ) => {}
                         _ = cuts.changed() => {}
                     }
                 });
             }
         });
-        Ok(Self { addr, up, cut })
+        Ok(Self {
+            addr,
+            up,
+            cut,
+            paused,
+        })
     }
 
     /// Drops every open connection and refuses new ones.
@@ -58,5 +75,29 @@ impl Proxy {
     /// Accepts connections again.
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Holds every byte in both directions, keeping the connections open.
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Passes on what was held, in order, and everything after it.
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+}
+
+/// Copies one direction until either side closes; while paused, holds what it read.
+async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut paused: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if paused.wait_for(|p| !*p).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }

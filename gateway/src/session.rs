@@ -186,6 +186,15 @@ impl Session {
                 self.ended = true;
             }
             Wake::Hub(Some(HubMsg::Close)) => self.ended = true,
+            // Not yet bound (the broker confirmed nothing within BIND_WAIT): notifications
+            // for this user went past the node until now, while broadcasts did not. So a
+            // live one says only that there is news; the database says what, in order.
+            // Sending it as is would move the cursor past the ones that went by.
+            Wake::Hub(Some(HubMsg::Notification(n))) if !self.bound_confirmed => {
+                if n.id > self.last_sent && Box::pin(self.resync()).await.is_err() {
+                    self.ended = true;
+                }
+            }
             Wake::Hub(Some(HubMsg::Notification(n))) => {
                 if n.id > self.last_sent && n.expires_at.is_none_or(|t| t > now_ms()) {
                     self.last_sent = n.id;

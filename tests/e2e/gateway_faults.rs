@@ -12,7 +12,7 @@ use reddot_tests::{
 };
 use serde_json::json;
 
-use crate::helpers::{eventually, host_port};
+use crate::helpers::{count_rows, eventually, host_port};
 
 const DELIVERY: Duration = Duration::from_secs(20);
 
@@ -548,5 +548,50 @@ async fn sigterm_ends_every_session_and_exits_within_5_s() -> anyhow::Result<()>
         .client("sse", &Connect::query_token(&token).after_in_query(first))
         .await?;
     assert_eq!(moved.ids_until(missed, DELIVERY).await?, [missed]);
+    Ok(())
+}
+
+/// A session whose binding the broker confirms only after the session's wait for it
+/// (3 s: a storm of reconnects that all need new bindings, a stalled link) opens
+/// unbound. A broadcast reaching it before the confirmation must not make it skip the
+/// notifications for its user that went past the node meanwhile.
+#[tokio::test]
+async fn a_session_bound_late_still_gets_what_went_past_the_node_before_its_binding()
+-> anyhow::Result<()> {
+    // Arrange: the node reaches RabbitMQ through a proxy; the producer directly.
+    let proxy = Proxy::start(&amqp_addr()).await?;
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start_with(
+        "node-a",
+        Env::new(&stack.db.url, &stack.vhost.url_via(&proxy.addr)),
+    )
+    .await?;
+    gw.readyz_until(DELIVERY, "consuming from RabbitMQ", |r| {
+        r["rabbitmq"] == "ok"
+    })
+    .await?;
+    let token = stack.token("ivy").await?;
+
+    // Act: the link stalls, so her bind request waits in the proxy and the session
+    // opens unbound; a notification for her goes past the node (no binding yet), then a
+    // broadcast is queued for the node. The link resumes: the broker sends the queued
+    // broadcast before it even reads the bind request.
+    proxy.pause();
+    let mut sse = gw.client("sse", &Connect::bearer(&token)).await?;
+    // Sent once the open gave up waiting for the binding and read the database.
+    sse.unread_count(0, DELIVERY).await?;
+    let hers = stack.notify(&to_users(&["ivy"], "while unbound")).await?;
+    let everyone = stack.notify(&to_all("after it")).await?;
+    // Both published (the relay deletes an outbox row once the broker confirmed it).
+    eventually(DELIVERY, "the outbox to empty", || async {
+        Ok((count_rows(&stack, "outbox").await? == 0).then_some(()))
+    })
+    .await?;
+    proxy.resume();
+
+    // Assert: both, in order, once.
+    assert_eq!(sse.ids_until(everyone, DELIVERY).await?, [hers, everyone]);
+    let later = stack.notify(&to_users(&["ivy"], "bound now")).await?;
+    assert_eq!(sse.ids_until(later, DELIVERY).await?, [later]);
     Ok(())
 }
