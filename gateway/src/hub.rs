@@ -257,19 +257,24 @@ impl Hub {
     /// Routes one delivery from the node queue to the sessions it is for.
     pub fn dispatch(&self, incoming: Incoming) {
         match incoming {
+            // One message, cloned per session: building it per user would touch the
+            // delivery's reference count twice more for each, a cache line the HTTP
+            // workers dropping their copies contend for.
             Incoming::Notification(n) if n.audience == Audience::All => {
+                let msg = HubMsg::Notification(n);
                 for shard in &self.shards {
                     let mut shard = Self::lock(shard);
                     for slot in shard.values_mut() {
-                        self.send_all(slot, &HubMsg::Notification(n.clone()));
+                        self.send_all(slot, &msg);
                     }
                 }
             }
             Incoming::Notification(n) => {
+                let msg = HubMsg::Notification(n.clone());
                 for user in &n.users {
                     let mut shard = Self::lock(self.shard(user));
                     if let Some(slot) = shard.get_mut(user.as_str()) {
-                        self.send_all(slot, &HubMsg::Notification(n.clone()));
+                        self.send_all(slot, &msg);
                     }
                 }
             }

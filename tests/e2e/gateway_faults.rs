@@ -552,7 +552,7 @@ async fn sigterm_ends_every_session_and_exits_within_5_s() -> anyhow::Result<()>
 }
 
 /// A session whose binding the broker confirms only after the session's wait for it
-/// (3 s: a storm of reconnects that all need new bindings, a stalled link) opens
+/// (250 ms: a storm of reconnects that all need new bindings, a stalled link) opens
 /// unbound. A broadcast reaching it before the confirmation must not make it skip the
 /// notifications for its user that went past the node meanwhile.
 #[tokio::test]
