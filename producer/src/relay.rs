@@ -159,6 +159,9 @@ impl Relay {
         // Until when (Unix ms) this relay may publish as leader; 0: not leader.
         let leader_until = Arc::new(AtomicI64::new(0));
         let keeper_stop = CancellationToken::new();
+        // However the relay ends (an error included), its lease stops being renewed, so
+        // another producer can take over once it expires.
+        let _stop_keeper = keeper_stop.clone().drop_guard();
         let keeper = tokio::spawn(
             LeaseKeeper {
                 db: self.db.clone(),
