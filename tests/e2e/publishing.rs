@@ -104,8 +104,9 @@ async fn postgres_a_lease_renew_waiting_for_a_lock_does_not_hold_publishing() ->
         .await?;
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
-    // Act + assert: the last renew (at most 2.5 s ago) leaves the relay leader for at
-    // least 5.5 s more, so this one is published while the renew still waits.
+    // Act + assert: the last successful renew began at most ~2 s before the lock, so
+    // the relay stays leader until at least ~6 s after it (8 s per renew): this one is
+    // published, by 5.5 s after the lock, while the renew still waits.
     let during = stack.notify(&to_alice).await?;
     let got = consumer.next(Duration::from_secs(3)).await;
     lock.rollback().await?;
