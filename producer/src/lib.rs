@@ -3,6 +3,7 @@
 
 pub mod api_key;
 pub mod cleanup;
+pub mod handoff;
 pub mod relay;
 pub mod routes;
 pub mod startup;

@@ -1,6 +1,8 @@
 //! The outbox relay: the only code that publishes notifications. One relay at a time
-//! across all producers holds the `outbox_relay` lease; it reads the outbox in id order,
-//! publishes each message persistent on a confirm channel, and hands the batch to a
+//! across all producers holds the `outbox_relay` lease; it reads the outbox in id order
+//! (taking the notifications its own writer just committed from `crate::handoff`, and
+//! reading only the others back from the database), publishes each message persistent
+//! on a confirm channel, and hands the batch to a
 //! settling task that waits for every confirm and only then deletes the rows. Meanwhile
 //! the relay reads and publishes the next batch (after the last id it published: commit
 //! order is id order, so nothing can appear behind it): a notification waits for one
@@ -38,8 +40,10 @@ use reddot_shared::{
     time::now_ms,
 };
 use sea_orm::DatabaseConnection;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::handoff::Handoff;
 
 const LEASE: &str = "outbox_relay";
 const LEASE_TTL_MS: i64 = 10_000;
@@ -63,7 +67,8 @@ const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 pub struct Relay {
     pub db: DatabaseConnection,
     pub pool: deadpool_lapin::Pool,
-    pub wake: Arc<Notify>,
+    /// What the writer committed, and the wake-up that comes with it.
+    pub handoff: Arc<Handoff>,
     pub poll: Duration,
     /// Whether the last publish attempt reached RabbitMQ (for `/readyz`).
     pub amqp_ok: Arc<AtomicBool>,
@@ -105,7 +110,7 @@ struct LeaseKeeper {
     holder: String,
     until: Arc<AtomicI64>,
     /// Woken when this relay becomes leader, so that it starts without waiting.
-    became_leader: Arc<Notify>,
+    became_leader: Arc<Handoff>,
 }
 
 impl LeaseKeeper {
@@ -135,7 +140,7 @@ impl LeaseKeeper {
             if now_leader != leader {
                 tracing::info!(holder = %self.holder, leader = now_leader, "outbox relay leadership changed");
                 if now_leader {
-                    self.became_leader.notify_one();
+                    self.became_leader.wake.notify_one();
                 }
                 leader = now_leader;
             }
@@ -167,7 +172,7 @@ impl Relay {
                 db: self.db.clone(),
                 holder: self.holder.clone(),
                 until: leader_until.clone(),
-                became_leader: self.wake.clone(),
+                became_leader: self.handoff.clone(),
             }
             .run(keeper_stop.clone()),
         );
@@ -220,7 +225,11 @@ impl Relay {
             }
 
             let read_started = Instant::now();
-            let pending = match outbox::pending(&self.db, cursor, BATCH, now_ms()).await {
+            let pending = match outbox::pending(&self.db, cursor, BATCH, now_ms(), |ids| {
+                self.handoff.take(ids)
+            })
+            .await
+            {
                 Ok(p) => p,
                 Err(err) => {
                     tracing::warn!(error = %err, "could not read the outbox");
@@ -312,7 +321,7 @@ impl Relay {
     /// Waits for a wake-up, the delay, or shutdown.
     async fn idle(&self, shutdown: &CancellationToken, delay: Duration) {
         tokio::select! {
-            () = self.wake.notified() => {}
+            () = self.handoff.wake.notified() => {}
             () = tokio::time::sleep(delay) => {}
             () = shutdown.cancelled() => {}
         }

@@ -16,12 +16,13 @@ use actix_web::{
 };
 use anyhow::Context;
 use reddot_shared::{amqp, config::Settings, db, http, metrics};
-use tokio::{sync::Notify, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     api_key::ApiKeys,
     cleanup::Cleanup,
+    handoff::Handoff,
     relay::Relay,
     routes::{self, AppState},
     writer,
@@ -69,14 +70,14 @@ impl Application {
         };
 
         let shutdown = CancellationToken::new();
-        let relay_wake = Arc::new(Notify::new());
+        let handoff = Arc::new(Handoff::default());
         let amqp_ok = Arc::new(AtomicBool::new(false));
-        let (writer, writer_task) = writer::writer(db.clone(), relay_wake.clone());
+        let (writer, writer_task) = writer::writer(db.clone(), handoff.clone());
         let writer_handle = tokio::spawn(writer_task.run(shutdown.child_token()));
         let relay = Relay {
             db: relay_db,
             pool: amqp_pool.clone(),
-            wake: relay_wake,
+            handoff,
             poll: settings.relay_poll,
             amqp_ok: amqp_ok.clone(),
             writer: writer.clone(),

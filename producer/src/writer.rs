@@ -1,6 +1,7 @@
 //! The database writer: one task that takes validated notifications from the API
-//! handlers, commits them in batches (see `reddot_shared::store::write`) and wakes the
-//! relay. Handlers await their own outcome, so a 201 is only sent after the commit.
+//! handlers, commits them in batches (see `reddot_shared::store::write`) and hands what
+//! it committed to the relay (`crate::handoff`), waking it. Handlers await their own
+//! outcome, so a 201 is only sent after the commit.
 //!
 //! The relay's "these rows are published" deletes go through here too, into the next
 //! batch (a delete alone waits briefly for requests to share the commit): on SQLite a
@@ -11,12 +12,19 @@
 
 use std::{sync::Arc, time::Duration};
 
-use reddot_shared::store::{
-    StoreError,
-    write::{Outcome, WriteRequest, commit_batch},
+use reddot_shared::{
+    domain::Notification,
+    store::{
+        StoreError,
+        outbox::Publishable,
+        write::{Outcome, WriteRequest, commit_batch},
+    },
 };
 use sea_orm::DatabaseConnection;
-use tokio::sync::{Notify, mpsc, oneshot};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::handoff::Handoff;
 use tokio_util::sync::CancellationToken;
 
 /// Requests committed together at most.
@@ -68,11 +76,11 @@ pub struct WriterTask {
     db: DatabaseConnection,
     rx: mpsc::Receiver<Job>,
     published: mpsc::Receiver<Job>,
-    relay_wake: Arc<Notify>,
+    handoff: Arc<Handoff>,
     delete_linger: Duration,
 }
 
-pub fn writer(db: DatabaseConnection, relay_wake: Arc<Notify>) -> (Writer, WriterTask) {
+pub fn writer(db: DatabaseConnection, handoff: Arc<Handoff>) -> (Writer, WriterTask) {
     let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
     let (published_tx, published) = mpsc::channel(PUBLISHED_QUEUE);
     (
@@ -84,7 +92,7 @@ pub fn writer(db: DatabaseConnection, relay_wake: Arc<Notify>) -> (Writer, Write
             db,
             rx,
             published,
-            relay_wake,
+            handoff,
             delete_linger: DELETE_LINGER,
         },
     )
@@ -198,7 +206,7 @@ impl WriterTask {
         match committed {
             Ok(outcomes) => {
                 if !requests.is_empty() {
-                    self.relay_wake.notify_one();
+                    self.handoff.committed(publishable(requests, &outcomes));
                 }
                 for (done, outcome) in waiting.into_iter().zip(outcomes) {
                     let _ = done.send(Ok(outcome));
@@ -220,6 +228,39 @@ impl WriterTask {
     }
 }
 
+/// The notifications a commit created, as the relay publishes them (repeats of an
+/// Idempotency-Key created nothing and are left out).
+fn publishable(requests: Vec<WriteRequest>, outcomes: &[Outcome]) -> Vec<Publishable> {
+    requests
+        .into_iter()
+        .zip(outcomes)
+        .filter_map(|(req, outcome)| {
+            let Outcome::Created(created) = outcome else {
+                return None;
+            };
+            let n = req.notification;
+            // Validated JSON; should it fail here, the relay reads the row instead.
+            let data = RawValue::from_string(n.data).ok()?;
+            let mut users: Vec<String> = n.users.iter().map(|u| u.as_str().to_owned()).collect();
+            users.sort_unstable();
+            Some((
+                Notification {
+                    id: created.id,
+                    kind: n.kind.as_str().to_owned(),
+                    title: n.title,
+                    body: n.body,
+                    data,
+                    sender: n.sender,
+                    audience: n.audience,
+                    created_at: created.created_at,
+                    expires_at: n.expires_at,
+                },
+                users,
+            ))
+        })
+        .collect()
+}
+
 /// Every request of a failed batch gets the same answer: unavailable, or internal.
 fn clone_error(err: &StoreError) -> StoreError {
     if err.is_unavailable() {
@@ -231,11 +272,13 @@ fn clone_error(err: &StoreError) -> StoreError {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use anyhow::anyhow;
     use reddot_shared::{
         db,
         domain::{Audience, Kind, UserId},
-        store::write::NewNotification,
+        store::{outbox, write::NewNotification},
     };
 
     use super::*;
@@ -267,12 +310,77 @@ mod tests {
         Ok((conn, file))
     }
 
+    /// What the relay takes from the hand-off is what it would read from the database:
+    /// the same JSON, the same sorted recipients; a repeat of an Idempotency-Key adds
+    /// nothing.
+    #[tokio::test]
+    async fn the_relay_is_handed_exactly_what_the_database_holds() -> anyhow::Result<()> {
+        let (conn, file) = sqlite().await?;
+        let handoff = Arc::new(Handoff::default());
+        let (writer, task) = writer(conn.clone(), handoff.clone());
+        let mut targeted = request()?;
+        targeted.notification = NewNotification {
+            kind: Kind::parse("comment")?,
+            title: "New reply".into(),
+            body: "bob replied: \u{4f60}\u{597d}".into(),
+            data: r#"{"post_id":42,"tags":["a","b"]}"#.into(),
+            sender: Some("bob".into()),
+            audience: Audience::User,
+            users: vec![UserId::parse("zoe")?, UserId::parse("al.ice@x")?],
+            expires_at: Some(reddot_shared::time::now_ms() + 3_600_000),
+        };
+        let mut broadcast = request()?;
+        broadcast.notification.audience = Audience::All;
+        broadcast.notification.users.clear();
+        let mut keyed = request()?;
+        keyed.idempotency = Some(reddot_shared::store::write::IdempotencyClaim {
+            scope: "s".into(),
+            key: "k".into(),
+            request_hash: "h".into(),
+        });
+        // Queued before the writer starts: one batch, the repeat inside it.
+        let mut answers = Vec::new();
+        for req in [targeted, broadcast, keyed.clone(), keyed] {
+            let (done, answer) = oneshot::channel();
+            writer
+                .tx
+                .try_send(Job::Write(req, done))
+                .map_err(|_| anyhow!("request queue full"))?;
+            answers.push(answer);
+        }
+        let running = tokio::spawn(task.run(CancellationToken::new()));
+        for answer in answers {
+            answer.await??;
+        }
+
+        let from_db = outbox::pending(&conn, 0, 100, reddot_shared::time::now_ms(), |_| {
+            HashMap::new()
+        })
+        .await?;
+        assert_eq!(from_db.items.len(), 3, "three notifications created");
+        let handed = handoff.take(&from_db.ids);
+        assert_eq!(handed.len(), 3);
+        for (n, users) in &from_db.items {
+            let (h, h_users) = handed
+                .get(&n.id)
+                .ok_or_else(|| anyhow!("{} not handed over", n.id))?;
+            assert_eq!(h.to_json(), n.to_json());
+            assert_eq!(h_users, users);
+        }
+        assert_eq!(from_db.items[0].1, ["al.ice@x", "zoe"]);
+
+        drop(writer);
+        running.await??;
+        let _ = std::fs::remove_file(&file);
+        Ok(())
+    }
+
     /// A delete alone waits for requests to share their commit (one transaction, not
     /// two); at shutdown it goes at once.
     #[tokio::test]
     async fn a_delete_alone_waits_for_the_next_requests_commit() -> anyhow::Result<()> {
         let (conn, file) = sqlite().await?;
-        let (writer, mut task) = writer(conn, Arc::new(Notify::new()));
+        let (writer, mut task) = writer(conn, Arc::new(Handoff::default()));
         // Longer than the test: only a request (or shutdown) can end the wait.
         task.delete_linger = Duration::from_secs(3600);
         let shutdown = CancellationToken::new();
@@ -307,7 +415,7 @@ mod tests {
     #[tokio::test]
     async fn relay_deletes_overtake_a_full_queue_of_requests() -> anyhow::Result<()> {
         let (conn, file) = sqlite().await?;
-        let (writer, task) = writer(conn, Arc::new(Notify::new()));
+        let (writer, task) = writer(conn, Arc::new(Handoff::default()));
         // Three batches of requests, then a delete, all queued before the writer starts.
         let mut answers = Vec::new();
         for _ in 0..3 * MAX_BATCH {

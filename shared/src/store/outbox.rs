@@ -11,6 +11,9 @@ use crate::domain::{Audience, Notification};
 /// Recipients read per batch at most (one notification may exceed it alone).
 const MAX_BATCH_RECIPIENTS: i64 = 50_000;
 
+/// A notification ready to publish, with its recipients (sorted; none for a broadcast).
+pub type Publishable = (Notification, Vec<String>);
+
 /// The oldest pending rows, in id order.
 #[derive(Debug, Default)]
 pub struct Pending {
@@ -18,7 +21,7 @@ pub struct Pending {
     /// notifications are dropped without publishing).
     pub ids: Vec<i64>,
     /// Notifications to publish with their recipients, in id order.
-    pub items: Vec<(Notification, Vec<String>)>,
+    pub items: Vec<Publishable>,
     /// When the oldest row was committed (ms), for the publish-lag metric.
     pub created_at: Vec<i64>,
 }
@@ -31,12 +34,15 @@ struct OutboxRow {
 }
 
 /// Reads up to `limit` pending notifications with ids above `after`, fewer when they
-/// carry many recipients.
+/// carry many recipients. `known` is handed the pending ids (ascending) and returns
+/// those of them the caller already holds, exactly as committed; only the others are
+/// read from the database.
 pub async fn pending(
     db: &impl ConnectionTrait,
     after: i64,
     limit: u32,
     now_ms: i64,
+    known: impl FnOnce(&[i64]) -> HashMap<i64, Publishable>,
 ) -> Result<Pending, StoreError> {
     // The recipient count by a lookup per row rather than a join: PostgreSQL merges a
     // join, walking the notifications' index from its first id, ever longer as the table
@@ -63,7 +69,35 @@ pub async fn pending(
     if pending.ids.is_empty() {
         return Ok(pending);
     }
-    let ids = padded_ids(&pending.ids);
+    let mut known = known(&pending.ids);
+    let mut read = read_notifications(db, &pending.ids, &known).await?;
+    for id in &pending.ids {
+        // Missing from both: the clean-up deleted it (expired) before it was published.
+        let Some(item) = known.remove(id).or_else(|| read.remove(id)) else {
+            continue;
+        };
+        if !item.0.is_expired_at(now_ms) {
+            pending.items.push(item);
+        }
+    }
+    Ok(pending)
+}
+
+/// The notifications among `ids` that are not in `known`, with their recipients.
+async fn read_notifications(
+    db: &impl ConnectionTrait,
+    ids: &[i64],
+    known: &HashMap<i64, Publishable>,
+) -> Result<HashMap<i64, Publishable>, StoreError> {
+    let wanted: Vec<i64> = ids
+        .iter()
+        .copied()
+        .filter(|id| !known.contains_key(id))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids = padded_ids(&wanted);
     let in_list = list(ids.len(), 1);
     let notifications = NotificationRow::find_by_statement(stmt(
         db,
@@ -101,16 +135,14 @@ pub async fn pending(
                 .push(row.try_get("", "user_id")?);
         }
     }
+    let mut read = HashMap::with_capacity(notifications.len());
     for row in notifications {
         let n = Notification::try_from(row)?;
-        if n.is_expired_at(now_ms) {
-            continue;
-        }
         let mut to = users.remove(&n.id).unwrap_or_default();
         to.sort_unstable();
-        pending.items.push((n, to));
+        read.insert(n.id, (n, to));
     }
-    Ok(pending)
+    Ok(read)
 }
 
 /// Deletes rows whose notifications the broker confirmed.
