@@ -1,7 +1,8 @@
 //! `soak`: minutes of steady targeted and broadcast traffic while SSE sessions drop and
 //! resume from their last id at random. Passes only if every session received every
 //! notification meant for it exactly once; prints the gateway's RSS at the start, the
-//! middle and the end, which should stay flat.
+//! middle and the end, which should stay flat, and once a minute on stderr (the whole
+//! series is in the JSON line), so that a long run shows whether growth levels off.
 
 use std::{
     collections::HashSet,
@@ -90,11 +91,26 @@ pub async fn soak(opts: &Opts, minutes: Option<f64>) -> anyhow::Result<()> {
     let mut got: Vec<Vec<i64>> = vec![Vec::new(); sessions];
     let mut reconnects = 0u64;
     let mut rss_middle = None;
+    let mut rss_per_minute = Vec::new();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / reconnects_per_s));
+    let mut minute = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(60),
+        Duration::from_secs(60),
+    );
     while !posting.is_finished() {
         tokio::select! {
             Some((s, id, _)) = rx.recv() => got[s].push(id),
+            _ = minute.tick() => {
+                let rss = gateway.rss_kib();
+                rss_per_minute.push(rss);
+                let received: usize = got.iter().map(Vec::len).sum();
+                eprintln!(
+                    "soak: {} min, gateway RSS {} MiB, {received} deliveries, {reconnects} reconnects",
+                    rss_per_minute.len(),
+                    mib(rss)
+                );
+            }
             _ = tick.tick() => {
                 let s = rand::rng().random_range(0..sessions);
                 readers[s].abort();
@@ -150,7 +166,6 @@ pub async fn soak(opts: &Opts, minutes: Option<f64>) -> anyhow::Result<()> {
         lost += exp_set.difference(&seen).count();
         out_of_order += recv.windows(2).filter(|w| w[0] >= w[1]).count();
     }
-    let kib = |v: Option<u64>| v.map_or("?".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0));
     report::table(
         &format!(
             "soak — {sessions} SSE sessions for {:.0} s, {targeted_per_s}/s targeted + a broadcast every {broadcast_every:?}, {reconnects_per_s}/s random resumes",
@@ -178,9 +193,9 @@ pub async fn soak(opts: &Opts, minutes: Option<f64>) -> anyhow::Result<()> {
             out_of_order.to_string(),
             format!(
                 "{} / {} / {}",
-                kib(rss_start),
-                kib(rss_middle),
-                kib(rss_end)
+                mib(rss_start),
+                mib(rss_middle),
+                mib(rss_end)
             ),
         ]],
     );
@@ -188,10 +203,14 @@ pub async fn soak(opts: &Opts, minutes: Option<f64>) -> anyhow::Result<()> {
         "db": name(backend), "sessions": sessions, "seconds": duration.as_secs_f64(),
         "posted": posted.len(), "deliveries": want, "reconnects": reconnects,
         "lost": lost, "duplicated": dup + foreign + out_of_order,
-        "rss_kib": [rss_start, rss_middle, rss_end],
+        "rss_kib": [rss_start, rss_middle, rss_end], "rss_kib_per_minute": rss_per_minute,
     })];
     report::json("soak", Value::Array(results.clone()));
     ensure_clean(&results)
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or("?".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0))
 }
 
 fn token(session: usize) -> String {
