@@ -1,5 +1,6 @@
 //! WebSocket commands: `ping` → `pong`; `read` and `read_all` change the user's read
-//! state, and every session of hers, on every node and transport, gets a fresh `unread`.
+//! state, and every session of hers, on every node and transport, gets a fresh `unread`
+//! (also after a delete, whose `as_of` keeps the client's badge exact).
 
 use std::time::Duration;
 
@@ -9,6 +10,8 @@ use reddot_tests::{
     gateway::{Gateway, to_users},
 };
 use serde_json::json;
+
+use crate::helpers::call;
 
 const DELIVERY: Duration = Duration::from_secs(20);
 
@@ -86,6 +89,55 @@ async fn reading_on_one_node_pushes_a_lower_unread_count_to_every_session_on_bot
         Some(his)
     );
     Ok(())
+}
+
+/// A client's badge is `count` plus the notifications it received above `as_of`. After
+/// the user deleted her newest notification, `as_of` must not fall below it, or every
+/// session that received it would count it again.
+#[tokio::test]
+async fn deleting_the_newest_notification_keeps_every_sessions_badge_exact() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let token = stack.token("alice").await?;
+    let mut ws = gw.ws(&Connect::bearer(&token)).await?;
+    let mut sse = gw.sse(&Connect::bearer(&token)).await?;
+    ws.expect("unread", DELIVERY).await?;
+    sse.expect("unread", DELIVERY).await?;
+    let older = stack.notify(&to_users(&["alice"], "older")).await?;
+    let newest = stack.notify(&to_users(&["alice"], "newest")).await?;
+    assert_eq!(ws.ids_until(newest, DELIVERY).await?, [older, newest]);
+    assert_eq!(sse.ids_until(newest, DELIVERY).await?, [older, newest]);
+
+    let path = format!("/v1/notifications/{newest}");
+    let answer = call(&stack, &gw, &token, reqwest::Method::DELETE, &path, None).await?;
+    assert!(answer.status.is_success(), "{answer:?}");
+
+    let received = [older, newest];
+    assert_eq!(badge(&mut ws, &received).await?, 1, "ws");
+    assert_eq!(badge(&mut sse, &received).await?, 1, "sse");
+    // Short polling's `latest_id` is still the newest one she can see.
+    let unread = call(
+        &stack,
+        &gw,
+        &token,
+        reqwest::Method::GET,
+        "/v1/unread",
+        None,
+    )
+    .await?;
+    assert_eq!(unread.json["latest_id"], older, "{}", unread.json);
+    assert_eq!(unread.json["count"], 1);
+    Ok(())
+}
+
+/// The badge a client shows after the next `unread`, having received `received`.
+async fn badge(session: &mut impl Events, received: &[i64]) -> anyhow::Result<i64> {
+    let unread = session.expect("unread", DELIVERY).await?;
+    let (Some(count), Some(as_of)) = (unread.data["count"].as_i64(), unread.data["as_of"].as_i64())
+    else {
+        anyhow::bail!("no count or as_of in {}", unread.data);
+    };
+    Ok(count + received.iter().filter(|&&id| id > as_of).count() as i64)
 }
 
 #[tokio::test]

@@ -15,12 +15,19 @@ use crate::{
 };
 use actix_web::web;
 
-/// The unread badge: `count` covers every visible notification with id ≤ `as_of`.
+/// The unread badge: `count` covers every notification with id ≤ `as_of`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Unread {
     pub count: i64,
     pub by_kind: BTreeMap<String, i64>,
+    /// The newest id that concerns the user, visible or not: a client's badge is `count`
+    /// plus what it received above it. Not the newest *visible* id: after the user
+    /// deleted her newest notification that would fall below one she received, and
+    /// her badge would count it again.
     pub as_of: i64,
+    /// The newest id visible to the user (short polling's `latest_id`), ≤ `as_of`.
+    #[serde(skip)]
+    pub latest_id: i64,
 }
 
 const TARGETED_VISIBLE: &str = "r.user_id = $1 AND r.broadcast = 0 AND r.state < 2 AND (r.expires_at IS NULL OR r.expires_at > $2)";
@@ -87,13 +94,40 @@ pub async fn latest_id(
     Ok(latest.unwrap_or(0))
 }
 
-/// The unread count of `user` with its split by kind, as of the newest visible id.
+/// The unread count of `user` with its split by kind, as of the newest id that concerns
+/// her (see [`Unread::as_of`]).
 pub async fn unread(
     db: &impl ConnectionTrait,
     user: &UserId,
     now_ms: i64,
 ) -> Result<Unread, StoreError> {
-    let as_of = latest_id(db, user, now_ms).await?;
+    #[derive(FromQueryResult)]
+    struct Bounds {
+        visible: Option<i64>,
+        mine: Option<i64>,
+        broadcast: Option<i64>,
+    }
+    // One statement (one snapshot), so that `latest_id` ≤ `as_of`; the count below is
+    // bounded by `as_of`, so what commits after this read is in neither.
+    let bounds = Bounds::find_by_statement(stmt(
+        db,
+        &format!(
+            "SELECT (SELECT MAX(id) FROM (\
+               SELECT MAX(r.notification_id) AS id FROM recipients r WHERE {TARGETED_VISIBLE} \
+               UNION ALL \
+               SELECT MAX(n.id) AS id FROM notifications n WHERE {BROADCAST_VISIBLE}) t) AS visible, \
+             (SELECT MAX(m.notification_id) FROM recipients m WHERE m.user_id = $1) AS mine, \
+             (SELECT MAX(b.id) FROM notifications b WHERE b.audience = 'all') AS broadcast"
+        ),
+        [user.as_str().into(), now_ms.into()],
+    ))
+    .one(db)
+    .await?;
+    let (latest_id, as_of) = bounds.map_or((0, 0), |b| {
+        let visible = b.visible.unwrap_or(0);
+        let concerning = b.mine.unwrap_or(0).max(b.broadcast.unwrap_or(0));
+        (visible, visible.max(concerning))
+    });
     let rows = db
         .query_all_raw(stmt(
             db,
@@ -112,6 +146,7 @@ pub async fn unread(
         .await?;
     let mut out = Unread {
         as_of,
+        latest_id,
         ..Default::default()
     };
     for row in rows {
@@ -277,7 +312,7 @@ impl ListQuery {
 
 /// The short-polling view of an unread count: `{"count", "by_kind", "latest_id"}`.
 pub fn unread_view(u: &Unread) -> serde_json::Value {
-    serde_json::json!({"count": u.count, "by_kind": u.by_kind, "latest_id": u.as_of})
+    serde_json::json!({"count": u.count, "by_kind": u.by_kind, "latest_id": u.latest_id})
 }
 
 /// One page of the inbox, newest first.
