@@ -114,6 +114,88 @@ async fn an_sse_stream_starts_with_retry_and_is_never_cached_compressed_or_buffe
     Ok(())
 }
 
+/// The first keep-alive comes within one heartbeat of connecting (the contract: at least
+/// every 15 s), though spread over the period so that sessions that connected together
+/// are not all written to at once.
+#[tokio::test]
+async fn the_first_keep_alive_comes_within_one_heartbeat_of_connecting() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start_with("node-a", stack.env().with("REDDOT_HEARTBEAT_SECS", "4")).await?;
+    let token = stack.token("alice").await?;
+    let started = tokio::time::Instant::now();
+    let mut sse = gw.sse(&Connect::bearer(&token)).await?;
+    let mut ws = gw.ws(&Connect::bearer(&token)).await?;
+    // One heartbeat, plus slack for connecting and reading.
+    let deadline = started + Duration::from_millis(4_800);
+    while sse.heartbeats() < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no `: ping` within a heartbeat"
+        );
+        let _ = sse.next_or_end(Duration::from_millis(100)).await;
+    }
+    while ws.pings() < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no WebSocket ping within a heartbeat"
+        );
+        let _ = ws.next_or_end(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// A WebSocket client that stops answering (a frozen tab, half-open TCP) is dropped once
+/// silent for three heartbeats (45 s by default), not up to a heartbeat later. The client
+/// here reads raw bytes and never answers the pings.
+#[tokio::test]
+async fn a_silent_websocket_is_dropped_three_heartbeats_after_connecting() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start_with("node-a", stack.env().with("REDDOT_HEARTBEAT_SECS", "1")).await?;
+    let token = stack.token("alice").await?;
+    let addr = format!("127.0.0.1:{}", gw.port());
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await?;
+    let upgrade = format!(
+        "GET /v1/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    );
+    let sent = tokio::time::Instant::now();
+    tcp.write_all(upgrade.as_bytes()).await?;
+
+    // Server frames are unmasked: a close with code 1008 starts 0x88, length, 0x03 0xF0.
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed_after = loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .map_err(|_| anyhow::anyhow!("still open after 10 s of silence"))??;
+        anyhow::ensure!(
+            n > 0,
+            "connection ended without a close frame: {:?}",
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&buf[..n]);
+        if received
+            .windows(4)
+            .any(|w| w[0] == 0x88 && w[2] == 0x03 && w[3] == 0xF0)
+        {
+            break sent.elapsed();
+        }
+    };
+    assert!(
+        received.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&received)
+    );
+    assert!(
+        closed_after >= Duration::from_millis(2_950) && closed_after < Duration::from_millis(3_900),
+        "closed {closed_after:?} after connecting; three heartbeats are 3 s"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn idle_sessions_get_sse_ping_comments_and_websocket_pings_every_heartbeat()
 -> anyhow::Result<()> {

@@ -3,8 +3,8 @@
 //! `read`, `read_all`, `ping`, and WebSocket pings and closes) and writes the session's
 //! events, pings and replies. No reader and writer tasks with a channel between them:
 //! an idle WebSocket holds no more than an idle SSE stream. The connection is dropped
-//! after 45 s without any frame from the client, and closed with 4001 when the token
-//! expires.
+//! after three heartbeats (45 s by default) without any frame from the client, and
+//! closed with 4001 when the token expires.
 
 use std::{collections::VecDeque, convert::Infallible, time::Duration};
 
@@ -33,8 +33,10 @@ use serde_json::json;
 use super::resume_cursor;
 use crate::{auth::AuthUser, events::Event, read_actions, session::Session, state::GatewayState};
 
-/// A client silent for this long is gone (half-open TCP is only found by pinging).
-const SILENCE_LIMIT: Duration = Duration::from_secs(45);
+/// A client silent for this many heartbeats is gone (half-open TCP is only found by
+/// pinging): with the default 15 s, the contract's 45 s. Tied to the heartbeat, since a
+/// live client only speaks when pinged.
+const SILENT_BEATS: u32 = 3;
 /// The largest message a client may send, in one frame or in continuations.
 const MAX_MESSAGE: usize = 64 * 1024;
 
@@ -177,10 +179,18 @@ impl Connection {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Heartbeat => {
-                if now_ms() - self.last_heard > SILENCE_LIMIT.as_millis() as i64 {
-                    self.close(CloseCode::Policy, "no frame for 45 s");
+                let silent_ms = now_ms() - self.last_heard;
+                let limit_ms = (self.state.sessions.heartbeat * SILENT_BEATS).as_millis() as i64;
+                if silent_ms >= limit_ms {
+                    self.close(CloseCode::Policy, "no frame for three heartbeats");
                 } else {
                     self.replies.push_back(Message::Ping(Bytes::new()));
+                    // Without this the drop could come up to a beat late. A client that
+                    // answers this ping moves the limit on.
+                    let left =
+                        Duration::from_millis(u64::try_from(limit_ms - silent_ms).unwrap_or(0));
+                    self.session
+                        .beat_no_later_than(tokio::time::Instant::now() + left);
                 }
             }
             Event::TokenExpired => {
