@@ -751,14 +751,19 @@ async fn the_iframe_stream_posts_escaped_notifications_to_the_allowed_origin_onl
 
     assert!(!body.contains(title), "unescaped title in {body}");
     assert!(!body.contains("<script>alert"), "{body}");
-    let target = format!(", {});</script>", json!(ORIGIN));
+    // Each event exactly as the contract writes it:
+    // `<script>parent.postMessage(<payload>, "<origin>")</script>`.
+    let (prefix, suffix) = (
+        "<script>parent.postMessage(",
+        format!(", {})</script>", json!(ORIGIN)),
+    );
     let mut seen = Vec::new();
     for line in body.lines().filter(|l| l.contains("parent.postMessage(")) {
-        let start = line.find("parent.postMessage(").unwrap() + "parent.postMessage(".len();
-        let end = line
-            .rfind(&target)
-            .unwrap_or_else(|| panic!("no target origin {ORIGIN} in {line}"));
-        let payload: Value = serde_json::from_str(&line[start..end])?;
+        let payload = line
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(&suffix))
+            .unwrap_or_else(|| panic!("not `{prefix}<payload>{suffix}`: {line}"));
+        let payload: Value = serde_json::from_str(payload)?;
         if payload["type"] == "notification" {
             seen.push(payload);
         }
