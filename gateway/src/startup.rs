@@ -17,7 +17,13 @@ use actix_web::{
     web,
 };
 use anyhow::Context;
-use reddot_shared::{amqp, config::Settings, db, http, metrics};
+use reddot_shared::{
+    amqp,
+    config::Settings,
+    db,
+    error::{ApiError, ErrorCode},
+    http, metrics,
+};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -105,6 +111,7 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .wrap(cors(state.clone()))
+                .wrap(from_fn(cors_errors_as_json))
                 .wrap(DefaultHeaders::new().add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")))
                 .wrap(from_fn(http::access_log))
                 .service(transport::sse::sse_stream)
@@ -195,6 +202,30 @@ fn cors(state: web::Data<GatewayState>) -> Cors {
         ])
         .expose_headers([header::ETAG])
         .max_age(3600)
+}
+
+/// A request CORS refuses (a preflight from an origin not allowed, say) gets the same
+/// JSON error as every other refusal, not actix-cors' plain text; the status stays 400.
+async fn cors_errors_as_json(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let res = next.call(req).await?;
+    let refusal = res
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<actix_cors::CorsError>())
+        .map(ToString::to_string);
+    Ok(match refusal {
+        Some(message) => {
+            let json = actix_web::ResponseError::error_response(&ApiError::new(
+                ErrorCode::InvalidRequest,
+                message,
+            ));
+            res.into_response(json)
+        }
+        None => res.map_into_boxed_body(),
+    })
 }
 
 async fn wait_for_signal() {

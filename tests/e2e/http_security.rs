@@ -52,6 +52,13 @@ async fn cors_answers_the_allowed_origin_only_and_the_producer_answers_none() ->
             assert_eq!(allowed_simple, None, "GET from {origin}");
         }
         assert_ne!(allowed.as_deref(), Some("*"));
+        if origin == EVIL {
+            // Refused as every other request is: a JSON error, not plain text.
+            assert_eq!(preflight.status(), StatusCode::BAD_REQUEST);
+            let body: serde_json::Value = preflight.json().await?;
+            assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+            assert!(body["error"]["message"].is_string(), "{body}");
+        }
     }
 
     for origin in [ORIGIN, EVIL] {
