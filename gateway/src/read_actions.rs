@@ -10,6 +10,11 @@ use reddot_shared::{
 
 use crate::state::GatewayState;
 
+/// Ids in one read request, at most (HTTP and WebSocket alike).
+pub const MAX_READ_IDS: usize = 1000;
+/// What a read request with too few or too many ids is told.
+pub const READ_IDS_RULE: &str = "ids must hold 1-1000 notification ids";
+
 pub async fn mark_read(state: &GatewayState, user: &UserId, ids: &[i64]) -> Result<u64, ApiError> {
     match read_state::mark_read(&state.db, user, ids, now_ms()).await? {
         Change::Done(n) => {

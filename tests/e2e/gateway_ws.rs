@@ -161,6 +161,10 @@ async fn reading_an_unknown_or_foreign_id_answers_an_error_frame_and_keeps_the_s
         ws.expect("error", DELIVERY).await?.data["code"],
         "invalid_request"
     );
+    // As over HTTP: a read names 1-1000 ids.
+    ws.send(&json!({"type": "read", "ids": []})).await?;
+    let error = ws.expect("error", DELIVERY).await?;
+    assert_eq!(error.data["code"], "invalid_request", "{}", error.data);
 
     ws.send(&json!({"type": "ping"})).await?;
     ws.expect("pong", DELIVERY).await?;

@@ -10,9 +10,11 @@ use reddot_shared::{
 };
 use serde_json::{Value, json};
 
-use crate::{auth::AuthUser, read_actions, state::GatewayState};
-
-const MAX_READ_IDS: usize = 1000;
+use crate::{
+    auth::AuthUser,
+    read_actions::{self, MAX_READ_IDS, READ_IDS_RULE},
+    state::GatewayState,
+};
 
 #[get("/v1/notifications")]
 pub async fn list(
@@ -41,10 +43,7 @@ pub async fn mark_read(
         (None, Some(_)) => return Err(ApiError::field("all", "all must be true")),
         (Some(Value::Array(ids)), None) => {
             if ids.is_empty() || ids.len() > MAX_READ_IDS {
-                return Err(ApiError::field(
-                    "ids",
-                    "ids must hold 1-1000 notification ids",
-                ));
+                return Err(ApiError::field("ids", READ_IDS_RULE));
             }
             let ids = ids
                 .iter()

@@ -330,8 +330,8 @@ fn error_frame(code: ErrorCode, message: &str) -> String {
 async fn command(state: &GatewayState, user: &UserId, text: &str) -> Option<String> {
     let result = match serde_json::from_str::<Command>(text) {
         Ok(Command::Ping) => return Some(json!({"type": "pong"}).to_string()),
-        Ok(Command::Read { ids }) if ids.len() > 1000 => {
-            Err(ApiError::field("ids", "at most 1000 ids per read"))
+        Ok(Command::Read { ids }) if ids.is_empty() || ids.len() > read_actions::MAX_READ_IDS => {
+            Err(ApiError::field("ids", read_actions::READ_IDS_RULE))
         }
         Ok(Command::Read { ids }) => read_actions::mark_read(state, user, &ids).await.map(drop),
         Ok(Command::ReadAll) => read_actions::mark_all_read(state, user).await.map(drop),

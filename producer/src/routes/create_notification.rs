@@ -96,7 +96,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     let bad = || {
         ApiError::field(
             "Idempotency-Key",
-            "the Idempotency-Key header is 1-255 visible ASCII characters",
+            "the Idempotency-Key header is 1-255 printable ASCII characters",
         )
     };
     let key = raw.to_str().map_err(|_| bad())?.trim();
