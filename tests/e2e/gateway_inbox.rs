@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use reddot_tests::{
     API_KEY, Backend, ORIGIN, Stack,
+    clients::{Connect, Events},
     gateway::{Gateway, to_all, to_users},
 };
 use reqwest::{StatusCode, header};
@@ -379,6 +380,29 @@ async fn a_long_poll_answers_at_once_wakes_on_a_post_and_times_out_with_204() ->
     assert_eq!(answer["cursor"], first);
     assert_eq!(answer["unread"]["count"], 1, "{answer}");
     assert_eq!(answer["notifications"][0]["title"], "first");
+
+    // The notification is the same JSON text as on the other transports (SSE here).
+    let raw_poll = stack
+        .http
+        .get(gw.url("/v1/poll?cursor=0&timeout=1"))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .text()
+        .await?;
+    let mut sse = gw.sse(&Connect::bearer(&token).after(0)).await?;
+    sse.ids_until(first, DELIVERY).await?;
+    let raw_sse = String::from_utf8_lossy(&sse.raw()).into_owned();
+    let id_line = format!("id: {first}");
+    let sse_json = raw_sse
+        .lines()
+        .skip_while(|l| *l != id_line)
+        .find_map(|l| l.strip_prefix("data: "))
+        .ok_or_else(|| anyhow::anyhow!("no data after {id_line} in {raw_sse}"))?;
+    assert!(
+        raw_poll.contains(sse_json),
+        "SSE sent {sse_json}, the long poll {raw_poll}"
+    );
 
     // Nothing newer: a post ~300 ms later wakes the held request.
     let second = {

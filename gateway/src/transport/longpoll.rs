@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, get, web};
-use reddot_shared::{error::ApiError, store::inbox, time::now_ms};
-use serde_json::json;
+use reddot_shared::{domain::Notification, error::ApiError, store::inbox, time::now_ms};
+use serde::Serialize;
 
 use crate::{
     auth::{AuthUser, query_param},
@@ -94,13 +94,30 @@ async fn answer(
     }
     let unread = inbox::unread(&ctx.db, &auth.user, now).await?;
     if probe.len() as u64 > cap {
-        return Ok(Some(HttpResponse::Ok().json(json!({
-            "reset": true, "notifications": [], "cursor": unread.as_of, "unread": unread,
-        }))));
+        return Ok(Some(HttpResponse::Ok().json(Answer {
+            reset: Some(true),
+            notifications: &[],
+            cursor: unread.as_of,
+            unread: &unread,
+        })));
     }
-    let batch: Vec<_> = probe.into_iter().take(MAX_BATCH as usize).collect();
+    let batch = &probe[..probe.len().min(MAX_BATCH as usize)];
     let next = batch.last().map_or(cursor, |n| n.id);
-    Ok(Some(HttpResponse::Ok().json(
-        json!({"notifications": batch, "cursor": next, "unread": unread}),
-    )))
+    Ok(Some(HttpResponse::Ok().json(Answer {
+        reset: None,
+        notifications: batch,
+        cursor: next,
+        unread: &unread,
+    })))
+}
+
+/// A long-poll answer. A struct rather than `json!`, which would sort each
+/// notification's keys: the notification JSON is the same on every transport.
+#[derive(Serialize)]
+struct Answer<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reset: Option<bool>,
+    notifications: &'a [Notification],
+    cursor: i64,
+    unread: &'a inbox::Unread,
 }
