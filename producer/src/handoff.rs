@@ -11,21 +11,26 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Mutex, MutexGuard},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use reddot_shared::store::outbox::Publishable;
 use tokio::sync::Notify;
 
 /// Bytes of notifications held for the relay at most (estimated); beyond it the oldest
-/// are dropped and read from the database. A relay that is not the leader never takes
-/// any, so this is also what a standby producer holds.
+/// are dropped and read from the database.
 const MAX_BYTES: usize = 16 << 20;
 
 #[derive(Default)]
 pub struct Handoff {
     /// Woken after a commit of new notifications, and when this relay becomes leader.
     pub wake: Notify,
+    /// Whether this producer's relay holds the lease: a standby's relay publishes
+    /// nothing, so nothing is kept for it.
+    leading: AtomicBool,
     committed: Mutex<Committed>,
 }
 
@@ -39,7 +44,7 @@ impl Handoff {
     /// Hands over notifications just committed (with their sorted recipients) and wakes
     /// the relay.
     pub fn committed(&self, batch: impl IntoIterator<Item = Publishable>) {
-        {
+        if self.leading.load(Ordering::Acquire) {
             let mut held = self.lock();
             for item in batch {
                 let size = estimated_size(&item);
@@ -57,6 +62,15 @@ impl Handoff {
             }
         }
         self.wake.notify_one();
+    }
+
+    /// Records whether this producer's relay is the leader; on losing the lease what
+    /// is held goes (a later leader reads it from the database).
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::Release);
+        if !leading {
+            *self.lock() = Committed::default();
+        }
     }
 
     /// Takes the entries of `pending` (outbox ids, ascending, as the relay read them).
@@ -131,9 +145,15 @@ mod tests {
         handoff.lock().entries.keys().copied().collect()
     }
 
+    fn leading() -> Handoff {
+        let handoff = Handoff::default();
+        handoff.set_leading(true);
+        handoff
+    }
+
     #[test]
     fn takes_what_is_pending_and_drops_what_the_outbox_no_longer_holds() -> anyhow::Result<()> {
-        let handoff = Handoff::default();
+        let handoff = leading();
         handoff.committed([item(3, 1)?, item(4, 1)?, item(5, 1)?, item(7, 1)?]);
         // 4 was published by another relay: the read went past it without it.
         let taken = handoff.take(&[3, 5]);
@@ -155,7 +175,7 @@ mod tests {
 
     #[test]
     fn holds_a_bounded_amount_dropping_the_oldest() -> anyhow::Result<()> {
-        let handoff = Handoff::default();
+        let handoff = leading();
         let body = 1 << 20;
         handoff.committed(
             (1..=40)
@@ -167,6 +187,20 @@ mod tests {
         assert!(ids.len() < 40 && ids.len() >= 10, "{} held", ids.len());
         assert_eq!(ids.last(), Some(&40), "the newest were dropped");
         assert_eq!(ids, (41 - ids.len() as i64..=40).collect::<Vec<_>>());
+        Ok(())
+    }
+
+    #[test]
+    fn a_standby_holds_nothing() -> anyhow::Result<()> {
+        let handoff = Handoff::default();
+        handoff.committed([item(1, 1)?]);
+        assert!(held(&handoff).is_empty(), "kept before leading");
+        handoff.set_leading(true);
+        handoff.committed([item(2, 1)?]);
+        assert_eq!(held(&handoff), [2]);
+        handoff.set_leading(false);
+        assert!(held(&handoff).is_empty(), "kept after losing the lease");
+        assert_eq!(handoff.lock().bytes, 0);
         Ok(())
     }
 }

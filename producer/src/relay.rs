@@ -109,8 +109,9 @@ struct LeaseKeeper {
     db: DatabaseConnection,
     holder: String,
     until: Arc<AtomicI64>,
-    /// Woken when this relay becomes leader, so that it starts without waiting.
-    became_leader: Arc<Handoff>,
+    /// Told of leadership changes; woken when this relay becomes leader, so that it
+    /// starts without waiting.
+    handoff: Arc<Handoff>,
 }
 
 impl LeaseKeeper {
@@ -139,8 +140,9 @@ impl LeaseKeeper {
             );
             if now_leader != leader {
                 tracing::info!(holder = %self.holder, leader = now_leader, "outbox relay leadership changed");
+                self.handoff.set_leading(now_leader);
                 if now_leader {
-                    self.became_leader.wake.notify_one();
+                    self.handoff.wake.notify_one();
                 }
                 leader = now_leader;
             }
@@ -172,7 +174,7 @@ impl Relay {
                 db: self.db.clone(),
                 holder: self.holder.clone(),
                 until: leader_until.clone(),
-                became_leader: self.handoff.clone(),
+                handoff: self.handoff.clone(),
             }
             .run(keeper_stop.clone()),
         );

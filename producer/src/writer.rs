@@ -317,6 +317,7 @@ mod tests {
     async fn the_relay_is_handed_exactly_what_the_database_holds() -> anyhow::Result<()> {
         let (conn, file) = sqlite().await?;
         let handoff = Arc::new(Handoff::default());
+        handoff.set_leading(true);
         let (writer, task) = writer(conn.clone(), handoff.clone());
         let mut targeted = request()?;
         targeted.notification = NewNotification {
