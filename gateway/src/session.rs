@@ -91,10 +91,10 @@ impl Session {
                 .is_ok();
         let until_exp =
             Duration::from_millis(u64::try_from(token_exp * 1000 - now_ms()).unwrap_or(0));
-        // The first beat at a random point of the period's second half: sessions that
-        // connected together (a deploy, a reconnect storm) must not all be written to at
-        // once, and none may wait longer than the period for its first.
-        let first_beat = ctx.heartbeat.mul_f64(0.5 + 0.5 * rand::random::<f64>());
+        // The first beat at a random point of the period: sessions that connected
+        // together (a deploy, a reconnect storm) are then written to no more often than
+        // they will be from then on, and none waits longer than the period for its first.
+        let first_beat = ctx.heartbeat.mul_f64(rand::random::<f64>());
         let now = Instant::now();
         let token_expires = now + until_exp;
         let mut session = Session {
