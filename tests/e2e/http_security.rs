@@ -112,8 +112,13 @@ async fn html_pages_carry_csp_nosniff_and_referrer_policy_and_only_the_iframe_ma
         );
         let csp = header_of(res, header::CONTENT_SECURITY_POLICY).unwrap_or_default();
         assert!(csp.starts_with("default-src 'none'"), "{page}: {csp}");
-        assert!(!csp.contains("unsafe-inline"), "{page}: {csp}");
         assert!(!csp.contains("unsafe-eval"), "{page}: {csp}");
+        // The iframe stream's scripts are the contract's literal `<script>…</script>`
+        // chunks, so they run as inline scripts; every one is written by the gateway
+        // with its payload escaped (the iframe test sends a `</script>` title).
+        if page != "/v1/iframe" {
+            assert!(!csp.contains("unsafe-inline"), "{page}: {csp}");
+        }
     }
     for (page, res) in [("/", &demo), ("/admin", &admin)] {
         let csp = header_of(res, header::CONTENT_SECURITY_POLICY).unwrap_or_default();
