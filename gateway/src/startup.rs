@@ -128,7 +128,9 @@ impl Application {
                 .service(routes::health::healthz)
                 .service(routes::health::readyz)
                 .service(routes::health::metrics_text)
-                .default_service(web::to(http::not_found))
+                .default_service(web::to(|req: actix_web::HttpRequest| async move {
+                    http::no_route(&req, ROUTES)
+                }))
         })
         // Nagle's algorithm would hold a frame back until the client acknowledged the
         // previous one, and clients delay their acknowledgements (up to 40 ms on
@@ -172,6 +174,28 @@ impl Application {
         Ok(())
     }
 }
+
+/// Every route above with its method, so that a known path asked with another method
+/// gets `405` and `Allow` rather than a 404 (`http::no_route`).
+const ROUTES: http::Routes = &[
+    ("/v1/stream", "GET"),
+    ("/v1/ws", "GET"),
+    ("/v1/poll", "GET"),
+    ("/v1/unread", "GET"),
+    ("/v1/iframe", "GET"),
+    ("/v1/notifications", "GET"),
+    ("/v1/notifications/read", "POST"),
+    ("/v1/notifications/{id}", "DELETE"),
+    ("/mqtt/auth/user", "POST"),
+    ("/mqtt/auth/vhost", "POST"),
+    ("/mqtt/auth/resource", "POST"),
+    ("/mqtt/auth/topic", "POST"),
+    ("/", "GET"),
+    ("/reddot.js", "GET"),
+    ("/healthz", "GET"),
+    ("/readyz", "GET"),
+    ("/metrics", "GET"),
+];
 
 /// CORS for the configured origins (and the gateway's own origin, for the demo page).
 /// WebSocket upgrades pass through: their handler answers a foreign origin with 403.

@@ -128,7 +128,9 @@ impl Application {
                 .wrap(DefaultHeaders::new().add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")))
                 .wrap(from_fn(http::access_log))
                 .configure(routes::configure)
-                .default_service(web::to(http::not_found))
+                .default_service(web::to(|req: actix_web::HttpRequest| async move {
+                    http::no_route(&req, routes::ROUTES)
+                }))
         })
         .listen(listener)?
         .shutdown_timeout(15)

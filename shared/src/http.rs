@@ -85,9 +85,31 @@ pub fn find_nul(value: &Value, path: &str) -> Option<String> {
     }
 }
 
-/// The JSON 404 for paths no route serves.
-pub async fn not_found() -> HttpResponse {
-    actix_web::ResponseError::error_response(&ApiError::not_found("no such endpoint"))
+/// A service's routes as (path pattern, method), for [`no_route`].
+pub type Routes = &'static [(&'static str, &'static str)];
+
+/// What a request no route took gets: `405` with `Allow` when its path is one of
+/// `routes` under another method (the usual mistake: a GET where a POST belongs), else
+/// the JSON 404.
+pub fn no_route(req: &HttpRequest, routes: Routes) -> HttpResponse {
+    let mut allowed: Vec<&str> = routes
+        .iter()
+        .filter(|(pattern, _)| actix_web::dev::ResourceDef::new(*pattern).is_match(req.path()))
+        .map(|(_, method)| *method)
+        .collect();
+    if allowed.is_empty() {
+        return actix_web::ResponseError::error_response(&ApiError::not_found("no such endpoint"));
+    }
+    allowed.dedup();
+    let allow = allowed.join(", ");
+    let mut res = actix_web::ResponseError::error_response(&ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{} is not served here; use {allow}", req.method()),
+    ));
+    if let Ok(value) = header::HeaderValue::from_str(&allow) {
+        res.headers_mut().insert(header::ALLOW, value);
+    }
+    res
 }
 
 /// The bearer credential of a request, if it sent one.

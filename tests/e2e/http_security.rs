@@ -1,7 +1,8 @@
 //! What browsers are told: CORS only for the allowed origins (and never by the producer,
 //! which backends call), and the security headers of every HTML page: CSP,
 //! `nosniff`, `Referrer-Policy`, and framing denied except for the iframe transport,
-//! which only the allowed origin may frame.
+//! which only the allowed origin may frame; and a known path asked with the wrong method
+//! answers 405 with `Allow`.
 
 use reddot_tests::{Backend, ORIGIN, Stack, gateway::Gateway};
 use reqwest::{Method, StatusCode, header};
@@ -147,6 +148,52 @@ async fn html_pages_carry_csp_nosniff_and_referrer_policy_and_only_the_iframe_ma
             header_of(&res, header::X_CONTENT_TYPE_OPTIONS).as_deref(),
             Some("nosniff")
         );
+    }
+    Ok(())
+}
+
+/// A known path asked with the wrong method answers 405 with `Allow` (JSON, like every
+/// error); an unknown path, 404.
+#[tokio::test]
+async fn a_wrong_method_answers_405_with_allow_and_an_unknown_path_404() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let producer = |path: &str| stack.producer.url(path);
+    let cases = [
+        (Method::GET, producer("/api/v1/notifications"), Some("POST")),
+        (Method::DELETE, producer("/api/v1/tokens"), Some("POST")),
+        (Method::POST, producer("/healthz"), Some("GET")),
+        (
+            Method::PUT,
+            producer("/api/v1/users/alice/unread"),
+            Some("GET"),
+        ),
+        (Method::GET, producer("/api/v1/nothing"), None),
+        (Method::POST, gw.url("/v1/stream"), Some("GET")),
+        (Method::PUT, gw.url("/v1/notifications/5"), Some("DELETE")),
+        (Method::DELETE, gw.url("/v1/unread"), Some("GET")),
+        (Method::GET, gw.url("/v2/stream"), None),
+    ];
+    for (method, url, allow) in cases {
+        let res = stack.http.request(method.clone(), &url).send().await?;
+        let status = res.status();
+        let allowed = header_of(&res, header::ALLOW);
+        let body: serde_json::Value = res.json().await?;
+        match allow {
+            Some(allow) => {
+                assert_eq!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {url}: {body}"
+                );
+                assert_eq!(allowed.as_deref(), Some(allow), "{method} {url}");
+                assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+            }
+            None => {
+                assert_eq!(status, StatusCode::NOT_FOUND, "{method} {url}: {body}");
+                assert_eq!(body["error"]["code"], "not_found", "{body}");
+            }
+        }
     }
     Ok(())
 }

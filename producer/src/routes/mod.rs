@@ -25,6 +25,20 @@ pub struct AppState {
     pub max_body_bytes: usize,
 }
 
+/// Every route [`configure`] adds with its method, so that a known path asked with
+/// another method gets `405` and `Allow` rather than a 404 (`http::no_route`).
+pub const ROUTES: reddot_shared::http::Routes = &[
+    ("/api/v1/notifications", "POST"),
+    ("/api/v1/tokens", "POST"),
+    ("/healthz", "GET"),
+    ("/readyz", "GET"),
+    ("/metrics", "GET"),
+    ("/api/v1/users/{user_id}/notifications", "GET"),
+    ("/api/v1/users/{user_id}/unread", "GET"),
+    ("/openapi.json", "GET"),
+    ("/admin", "GET"),
+];
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(create_notification::create_notification)
         .service(mint_token::mint_token)
