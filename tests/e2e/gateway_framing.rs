@@ -127,21 +127,28 @@ async fn the_first_keep_alive_comes_within_one_heartbeat_of_connecting() -> anyh
     let mut ws = gw.ws(&Connect::bearer(&token)).await?;
     // One heartbeat, plus slack for connecting and reading.
     let deadline = started + Duration::from_millis(4_800);
-    while sse.heartbeats() < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no `: ping` within a heartbeat"
-        );
-        let _ = sse.next_or_end(Duration::from_millis(100)).await;
-    }
-    while ws.pings() < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no WebSocket ping within a heartbeat"
-        );
-        let _ = ws.next_or_end(Duration::from_millis(100)).await;
-    }
+    read_until(&mut sse, deadline, |s| s.heartbeats() >= 1).await;
+    assert!(sse.heartbeats() >= 1, "no `: ping` within a heartbeat");
+    read_until(&mut ws, deadline, |w| w.pings() >= 1).await;
+    assert!(ws.pings() >= 1, "no WebSocket ping within a heartbeat");
     Ok(())
+}
+
+/// Reads `client` (keep-alives included) until `done` holds or `deadline` passes.
+async fn read_until<C: Events>(
+    client: &mut C,
+    deadline: tokio::time::Instant,
+    done: impl Fn(&C) -> bool,
+) {
+    while !done(client) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let _ = client
+            .next_or_end(left.min(Duration::from_millis(100)))
+            .await;
+    }
 }
 
 /// A WebSocket client that stops answering (a frozen tab, half-open TCP) is dropped once
@@ -209,18 +216,10 @@ async fn idle_sessions_get_sse_ping_comments_and_websocket_pings_every_heartbeat
 
     // Comments are not events: the reader keeps waiting while they arrive.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sse.heartbeats() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no `: ping` comments"
-        );
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let _ = sse.next_or_end(left.min(Duration::from_millis(500))).await;
-    }
-    while ws.pings() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "no WebSocket pings");
-        let _ = ws.next_or_end(Duration::from_millis(500)).await;
-    }
+    read_until(&mut sse, deadline, |s| s.heartbeats() >= 2).await;
+    assert!(sse.heartbeats() >= 2, "no `: ping` comments");
+    read_until(&mut ws, deadline, |w| w.pings() >= 2).await;
+    assert!(ws.pings() >= 2, "no WebSocket pings");
 
     // Both sessions are still live after answering.
     let id = stack

@@ -67,6 +67,16 @@ pub async fn replay(
     rows.into_iter().map(Notification::try_from).collect()
 }
 
+/// A scalar subquery: the newest id visible to user `$1` at time `$2` (NULL if none).
+fn newest_visible() -> String {
+    format!(
+        "(SELECT MAX(id) FROM (\
+         SELECT MAX(r.notification_id) AS id FROM recipients r WHERE {TARGETED_VISIBLE} \
+         UNION ALL \
+         SELECT MAX(n.id) AS id FROM notifications n WHERE {BROADCAST_VISIBLE}) t)"
+    )
+}
+
 /// The newest id visible to `user`, 0 if none.
 pub async fn latest_id(
     db: &impl ConnectionTrait,
@@ -80,12 +90,7 @@ pub async fn latest_id(
     // One statement (one snapshot), for the reason given in `replay`.
     let latest = Latest::find_by_statement(stmt(
         db,
-        &format!(
-            "SELECT MAX(id) AS id FROM (\
-             SELECT MAX(r.notification_id) AS id FROM recipients r WHERE {TARGETED_VISIBLE} \
-             UNION ALL \
-             SELECT MAX(n.id) AS id FROM notifications n WHERE {BROADCAST_VISIBLE}) t"
-        ),
+        &format!("SELECT {} AS id", newest_visible()),
         [user.as_str().into(), now_ms.into()],
     ))
     .one(db)
@@ -112,12 +117,10 @@ pub async fn unread(
     let bounds = Bounds::find_by_statement(stmt(
         db,
         &format!(
-            "SELECT (SELECT MAX(id) FROM (\
-               SELECT MAX(r.notification_id) AS id FROM recipients r WHERE {TARGETED_VISIBLE} \
-               UNION ALL \
-               SELECT MAX(n.id) AS id FROM notifications n WHERE {BROADCAST_VISIBLE}) t) AS visible, \
+            "SELECT {} AS visible, \
              (SELECT MAX(m.notification_id) FROM recipients m WHERE m.user_id = $1) AS mine, \
-             (SELECT MAX(b.id) FROM notifications b WHERE b.audience = 'all') AS broadcast"
+             (SELECT MAX(b.id) FROM notifications b WHERE b.audience = 'all') AS broadcast",
+            newest_visible()
         ),
         [user.as_str().into(), now_ms.into()],
     ))
