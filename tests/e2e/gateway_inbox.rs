@@ -279,7 +279,17 @@ async fn reading_and_deleting_lower_the_count_and_foreign_or_unknown_ids_are_not
 #[tokio::test]
 async fn a_broadcast_reaches_users_first_seen_later_and_read_state_stays_per_user()
 -> anyhow::Result<()> {
-    let stack = Stack::start(Backend::Sqlite).await?;
+    broadcast_reaches_users_first_seen_later(Backend::Sqlite).await
+}
+
+#[tokio::test]
+async fn a_broadcast_reaches_users_first_seen_later_and_read_state_stays_per_user_on_postgres()
+-> anyhow::Result<()> {
+    broadcast_reaches_users_first_seen_later(Backend::Postgres).await
+}
+
+async fn broadcast_reaches_users_first_seen_later(backend: Backend) -> anyhow::Result<()> {
+    let stack = Stack::start(backend).await?;
     let gw = Gateway::start(&stack, "node-a").await?;
     let id = stack.notify(&to_all("maintenance tonight")).await?;
 

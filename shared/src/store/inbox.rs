@@ -367,10 +367,12 @@ pub async fn list(
     ))
     .all(db)
     .await?;
+    // The CAST: PostgreSQL widens COALESCE(smallint, 0) to integer, which does not
+    // decode as the i16 the targeted half returns.
     let broadcasts = ListedRow::find_by_statement(stmt(
         db,
         &format!(
-            "SELECT {NOTIFICATION_COLUMNS}, COALESCE(s.state, 0) AS state FROM notifications n \
+            "SELECT {NOTIFICATION_COLUMNS}, CAST(COALESCE(s.state, 0) AS SMALLINT) AS state FROM notifications n \
              LEFT JOIN recipients s ON s.user_id = $1 AND s.notification_id = n.id \
              WHERE n.audience = 'all' AND (n.expires_at IS NULL OR n.expires_at > $2) AND COALESCE(s.state, 0) < 2 \
              AND n.id < $3 AND ($4 = '' OR n.kind = $4) AND ($5 = 0 OR s.notification_id IS NULL) \
