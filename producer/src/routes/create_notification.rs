@@ -6,7 +6,7 @@ use reddot_shared::{
     domain::{Audience, Kind, UserId},
     error::{ApiError, ErrorCode},
     http::{find_nul, read_json},
-    store::write::{IdempotencyClaim, NewNotification, Outcome, WriteRequest},
+    store::write::{IdempotencyClaim, NewNotification, Outcome, WriteRequest, stored_answer},
     time::{now_ms, parse_rfc3339},
 };
 use serde_json::{Map, Value};
@@ -48,12 +48,27 @@ pub async fn create_notification(
 ) -> Result<HttpResponse, ApiError> {
     let idempotency_key = idempotency_key(&req)?;
     let body = read_json(&req, payload, state.max_body_bytes).await?;
-    let notification = validate(&body, now_ms())?;
     let idempotency = idempotency_key.map(|key| IdempotencyClaim {
         scope: backend.scope.clone(),
         key,
         request_hash: hex::encode(Sha256::digest(body.to_string().as_bytes())),
     });
+    let now = now_ms();
+    let notification = match validate(&body, now) {
+        Ok(notification) => notification,
+        // A repeat gets the first answer for 24 h even when its body no longer passes
+        // (an `expires_at` that has passed since): the retry must not turn into a 400.
+        Err(invalid) => {
+            let earlier = match &idempotency {
+                Some(claim) => stored_answer(&state.db, claim, now).await.ok().flatten(),
+                None => None,
+            };
+            return match earlier {
+                Some(replay @ Outcome::Replay { .. }) => respond(replay),
+                _ => Err(invalid),
+            };
+        }
+    };
     let outcome = state
         .writer
         .write(WriteRequest {
@@ -61,6 +76,10 @@ pub async fn create_notification(
             idempotency,
         })
         .await?;
+    respond(outcome)
+}
+
+fn respond(outcome: Outcome) -> Result<HttpResponse, ApiError> {
     match outcome {
         Outcome::Created(created) => {
             metrics::counter!(reddot_shared::metrics::NOTIFICATIONS_CREATED, "audience" => created.audience.as_str())
@@ -226,7 +245,9 @@ fn recipients(to: Option<&Value>) -> Result<(Audience, Vec<UserId>), ApiError> {
             format!("unknown field 'to.{unknown}'"),
         ));
     }
-    match (to.get("users"), to.get("all")) {
+    // An explicit null is the same as leaving the half out (generated clients send it).
+    let given = |name: &str| to.get(name).filter(|v| !v.is_null());
+    match (given("users"), given("all")) {
         (Some(_), Some(_)) => Err(ApiError::field(
             "to",
             "give either to.users or to.all, not both",
@@ -291,6 +312,27 @@ mod tests {
         assert_eq!(
             n.users.iter().map(UserId::as_str).collect::<Vec<_>>(),
             ["bob", "alice"]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_null_half_of_to_counts_as_absent() -> anyhow::Result<()> {
+        let targeted = validate(
+            &json!({"to": {"users": ["bob"], "all": null}, "title": "hi"}),
+            NOW,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert_eq!(targeted.audience, Audience::User);
+        let broadcast = validate(
+            &json!({"to": {"users": null, "all": true}, "title": "hi"}),
+            NOW,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert_eq!(broadcast.audience, Audience::All);
+        assert_eq!(
+            field_of(json!({"to": {"users": null, "all": null}, "title": "x"})).as_deref(),
+            Some("to")
         );
         Ok(())
     }

@@ -462,6 +462,16 @@ async fn insert_rows<const N: usize>(
     Ok(())
 }
 
+/// The stored answer for `claim`, if its key was used within the window, read outside
+/// any batch.
+pub async fn stored_answer(
+    db: &DatabaseConnection,
+    claim: &IdempotencyClaim,
+    now: i64,
+) -> Result<Option<Outcome>, StoreError> {
+    find_idempotent(db, claim, now).await
+}
+
 async fn find_idempotent(
     txn: &impl ConnectionTrait,
     claim: &IdempotencyClaim,

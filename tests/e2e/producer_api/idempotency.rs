@@ -44,6 +44,46 @@ async fn postgres_a_repeat_with_the_same_key_gets_the_first_answer_and_stores_no
     a_repeat_with_the_same_key_gets_the_first_answer_and_stores_nothing_new(Backend::Postgres).await
 }
 
+/// The repeat of a request whose `expires_at` has passed since its first try is still
+/// a repeat: the first answer, not a 400 for the past `expires_at`.
+async fn a_repeat_after_its_expires_at_passed_still_gets_the_first_answer(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let stack = Stack::start(backend).await?;
+    let expires_at = reddot_shared::time::rfc3339(reddot_shared::time::now_ms() + 1_500);
+    let body = json!({"to": {"users": ["alice"]}, "title": "Flash sale", "expires_at": expires_at});
+
+    let first = post_json(&stack, PATH, Some(API_KEY), &body, Some("sale-1")).await?;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.json);
+    tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
+    let repeat = post_json(&stack, PATH, Some(API_KEY), &body, Some("sale-1")).await?;
+    let fresh = post_json(&stack, PATH, Some(API_KEY), &body, Some("sale-2")).await?;
+
+    assert_eq!(repeat.status, StatusCode::CREATED, "{}", repeat.json);
+    assert_eq!(repeat.json, first.json);
+    assert_eq!(
+        fresh.status,
+        StatusCode::BAD_REQUEST,
+        "a new key is validated: {}",
+        fresh.json
+    );
+    assert_eq!(fresh.json["error"]["field"], "expires_at");
+    assert_eq!(count_rows(&stack, "notifications").await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_a_repeat_after_its_expires_at_passed_still_gets_the_first_answer()
+-> anyhow::Result<()> {
+    a_repeat_after_its_expires_at_passed_still_gets_the_first_answer(Backend::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_a_repeat_after_its_expires_at_passed_still_gets_the_first_answer()
+-> anyhow::Result<()> {
+    a_repeat_after_its_expires_at_passed_still_gets_the_first_answer(Backend::Postgres).await
+}
+
 async fn the_same_key_with_a_different_body_is_refused_with_422(
     backend: Backend,
 ) -> anyhow::Result<()> {
