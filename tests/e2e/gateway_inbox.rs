@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use reddot_tests::{
     API_KEY, Backend, ORIGIN, Stack,
     clients::{Connect, Events},
-    gateway::{Gateway, to_all, to_users},
+    gateway::{Gateway, to_all, to_users, token_expiring_in},
 };
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
@@ -934,5 +934,58 @@ async fn a_long_poll_answers_at_most_100_at_a_time_and_resets_beyond_the_replay_
     .await?;
     assert_eq!(polled_ids(&within), ids[102..], "{within}");
     assert_ne!(within["reset"], true);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_long_poll_resumes_like_every_transport_and_its_hold_ends_with_the_token()
+-> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let token = stack.token("alice").await?;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            stack
+                .notify(&to_users(&["alice"], &format!("n{i}")))
+                .await?,
+        );
+    }
+
+    // `?last_event_id=` and `Last-Event-ID`, as on SSE, WebSocket and the iframe.
+    let by_query = get_ok(
+        &stack,
+        &gw,
+        &token,
+        &format!("/v1/poll?last_event_id={}&timeout=0", ids[0]),
+    )
+    .await?;
+    assert_eq!(polled_ids(&by_query), ids[1..], "{by_query}");
+    let by_header = stack
+        .http
+        .get(gw.url("/v1/poll?timeout=0"))
+        .bearer_auth(&token)
+        .header("Last-Event-ID", ids[1].to_string())
+        .send()
+        .await?;
+    assert_eq!(by_header.status(), StatusCode::OK);
+    let by_header: Value = by_header.json().await?;
+    assert_eq!(polled_ids(&by_header), ids[2..], "{by_header}");
+
+    // A token that ends during the hold ends the hold: a 401 then, not a 204 after it.
+    let short = token_expiring_in("alice", 2);
+    let started = Instant::now();
+    let held = stack
+        .http
+        .get(gw.url(&format!("/v1/poll?cursor={}&timeout=30", ids[2])))
+        .bearer_auth(&short)
+        .send()
+        .await?;
+    let held_for = started.elapsed();
+    assert_eq!(held.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        (Duration::from_millis(500)..Duration::from_secs(15)).contains(&held_for),
+        "held for {held_for:?}"
+    );
     Ok(())
 }

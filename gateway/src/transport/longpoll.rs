@@ -2,6 +2,7 @@
 //! than the cursor is visible, else holds the request (≤ 60 s) until a notification
 //! for the user reaches this node — the request joins the hub like any session, so it
 //! is woken by the broker, never by polling the database — and answers `204` on timeout.
+//! A hold ends when the token does (`401`): no session outlives its token.
 
 use std::time::Duration;
 
@@ -29,12 +30,14 @@ pub async fn poll(
     req: HttpRequest,
     state: web::Data<GatewayState>,
 ) -> Result<HttpResponse, ApiError> {
+    // `cursor` is long polling's own name; the resume forms of every transport
+    // (`Last-Event-ID`, `?last_event_id=`) work here too.
     let cursor =
         match query_param(&req, "cursor").filter(|c| !c.is_empty()) {
             Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
                 ApiError::field("cursor", "cursor must be a non-negative integer")
             })?),
-            None => None,
+            None => super::resume_cursor(&req)?,
         };
     let timeout = match query_param(&req, "timeout").filter(|t| !t.is_empty()) {
         Some(t) => t
@@ -60,14 +63,26 @@ pub async fn poll(
         Some(c) => c,
         None => inbox::latest_id(&ctx.db, &auth.user, now_ms()).await?,
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(timeout);
+    let hold = Duration::from_secs_f64(timeout);
+    let token_left =
+        Duration::from_millis(u64::try_from(auth.expires_at * 1000 - now_ms()).unwrap_or(0));
+    let deadline = tokio::time::Instant::now() + hold.min(token_left);
+    let held_out = || {
+        if token_left < hold {
+            Err(ApiError::unauthorized(
+                "the token expired while the poll was held; poll again with a fresh one",
+            ))
+        } else {
+            Ok(HttpResponse::NoContent().finish())
+        }
+    };
     loop {
         if let Some(answer) = answer(&state, &auth, cursor).await? {
             return Ok(answer);
         }
         let woke = tokio::select! {
             msg = membership.rx.recv_async() => msg.ok(),
-            () = tokio::time::sleep_until(deadline) => return Ok(HttpResponse::NoContent().finish()),
+            () = tokio::time::sleep_until(deadline) => return held_out(),
             () = ctx.shutdown.cancelled() => return Ok(HttpResponse::NoContent().finish()),
         };
         match woke {
@@ -97,7 +112,9 @@ async fn answer(
         return Ok(Some(HttpResponse::Ok().json(Answer {
             reset: Some(true),
             notifications: &[],
-            cursor: unread.as_of,
+            // The newest visible id, as `/v1/unread`'s `latest_id`: polling on from it
+            // misses nothing and skips what the reset told the client to reload.
+            cursor: unread.latest_id,
             unread: &unread,
         })));
     }
