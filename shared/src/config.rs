@@ -34,8 +34,13 @@ impl fmt::Debug for Secret {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{0} is required (set it, or set REDDOT_DEV=1 for development values)")]
-    Missing(&'static str),
+    #[error(
+        "{} {} required (set {}, or set REDDOT_DEV=1 for development values)",
+        .0.join(" and "),
+        if .0.len() > 1 { "are" } else { "is" },
+        if .0.len() > 1 { "them" } else { "it" }
+    )]
+    Missing(Vec<&'static str>),
     #[error("{name} is invalid: {reason}")]
     Invalid { name: &'static str, reason: String },
 }
@@ -152,24 +157,30 @@ impl Settings {
         let jwt_secret = match get("REDDOT_JWT_SECRET") {
             Some(s) => s,
             None if dev => DEV_JWT_SECRET.to_owned(),
-            None => return Err(ConfigError::Missing("REDDOT_JWT_SECRET")),
+            None => String::new(),
         };
         let api_keys: Vec<Secret> = match get("REDDOT_API_KEYS") {
             Some(list) => split_list(&list).map(Secret).collect(),
             None if dev => vec![Secret(DEV_API_KEY.to_owned())],
             None => Vec::new(),
         };
+        // Every missing secret at once, so that a deployment is not fixed one restart
+        // at a time.
+        let mut missing = Vec::new();
+        if jwt_secret.is_empty() {
+            missing.push("REDDOT_JWT_SECRET");
+        }
         if api_keys.is_empty() && service == Service::Producer {
-            return Err(ConfigError::Missing("REDDOT_API_KEYS"));
+            missing.push("REDDOT_API_KEYS");
+        }
+        if !missing.is_empty() {
+            return Err(ConfigError::Missing(missing));
         }
         let allowed_origins = match get("REDDOT_ALLOWED_ORIGINS") {
             Some(list) => split_list(&list)
                 .map(|o| o.trim_end_matches('/').to_owned())
                 .collect(),
-            None if dev => vec![
-                "http://localhost:8081".into(),
-                "http://127.0.0.1:8081".into(),
-            ],
+            None if dev => dev_origins(),
             None => Vec::new(),
         };
         if let Some(bad) = allowed_origins
@@ -293,10 +304,31 @@ impl Settings {
     /// Warnings worth logging at start-up: weak or development secrets.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        let dev_secret = self.jwt_secret.expose() == DEV_JWT_SECRET;
         if self.dev {
-            out.push("REDDOT_DEV=1: development secrets and origins are in use; never run this in production".into());
+            // The development values are public (they are in this file), so naming
+            // them leaks nothing and tells the operator exactly what to replace.
+            let mut in_use = Vec::new();
+            if dev_secret {
+                in_use.push(format!("REDDOT_JWT_SECRET={DEV_JWT_SECRET}"));
+            }
+            if self.api_keys.iter().any(|k| k.expose() == DEV_API_KEY) {
+                in_use.push(format!("REDDOT_API_KEYS={DEV_API_KEY}"));
+            }
+            if self.allowed_origins == dev_origins() {
+                in_use.push(format!(
+                    "REDDOT_ALLOWED_ORIGINS={}",
+                    self.allowed_origins.join(",")
+                ));
+            }
+            if !in_use.is_empty() {
+                out.push(format!(
+                    "REDDOT_DEV=1: development values in use: {}; never run this in production",
+                    in_use.join(", ")
+                ));
+            }
         }
-        if self.jwt_secret.expose().len() < 32 {
+        if !dev_secret && self.jwt_secret.expose().len() < 32 {
             out.push("REDDOT_JWT_SECRET is shorter than 32 characters; use a long random secret in production".into());
         }
         out
@@ -305,6 +337,14 @@ impl Settings {
     pub fn is_sqlite(&self) -> bool {
         self.database_url.starts_with("sqlite:")
     }
+}
+
+/// The demo page's origins, allowed under `REDDOT_DEV=1` when no origins are set.
+fn dev_origins() -> Vec<String> {
+    vec![
+        "http://localhost:8081".into(),
+        "http://127.0.0.1:8081".into(),
+    ]
 }
 
 fn split_list(list: &str) -> impl Iterator<Item = String> + '_ {
@@ -399,11 +439,41 @@ mod tests {
     }
 
     #[test]
-    fn dev_mode_fills_in_development_secrets() -> anyhow::Result<()> {
+    fn dev_mode_fills_in_development_secrets_and_names_them() -> anyhow::Result<()> {
         let s = load(Service::Producer, &[("REDDOT_DEV", "1")])?;
         assert_eq!(s.jwt_secret.expose(), DEV_JWT_SECRET);
         assert_eq!(s.api_keys.len(), 1);
+        let warnings = s.warnings().join("\n");
+        assert!(
+            warnings.contains("REDDOT_API_KEYS=dev-api-key"),
+            "{warnings}"
+        );
+        assert!(warnings.contains("REDDOT_JWT_SECRET="), "{warnings}");
+
+        let real_secret = "x".repeat(40);
+        let set = load(
+            Service::Producer,
+            &[
+                ("REDDOT_DEV", "1"),
+                ("REDDOT_JWT_SECRET", &real_secret),
+                ("REDDOT_API_KEYS", "k1"),
+                ("REDDOT_ALLOWED_ORIGINS", "https://app.example.com"),
+            ],
+        )?;
+        assert_eq!(set.warnings(), Vec::<String>::new());
         Ok(())
+    }
+
+    #[test]
+    fn every_missing_secret_is_named_at_once() {
+        let err = load(Service::Producer, &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("REDDOT_JWT_SECRET and REDDOT_API_KEYS are required"),
+            "{err}"
+        );
     }
 
     #[test]
