@@ -193,7 +193,9 @@ const ROUTES: http::Routes = &[
     ("/", "GET"),
     ("/reddot.js", "GET"),
     ("/healthz", "GET"),
+    ("/healthz", "HEAD"),
     ("/readyz", "GET"),
+    ("/readyz", "HEAD"),
     ("/metrics", "GET"),
 ];
 

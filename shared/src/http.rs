@@ -117,11 +117,10 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
     req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        // The scheme is case-insensitive (RFC 9110, 11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, credential)| credential.trim())
 }
 
 /// Compares secrets in time that does not depend on where they differ.
@@ -213,5 +212,20 @@ mod tests {
             "'sha256-bhHHL3z2vDgxUt0W3dWQOrprscmda2Y5pLsLg4GF+pI='"
         );
         assert_eq!(inline_hashes("<p>", "<style>", "</style>"), "'none'");
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let with = |value: &str| {
+            actix_web::test::TestRequest::default()
+                .insert_header((header::AUTHORIZATION, value))
+                .to_http_request()
+        };
+        for value in ["Bearer k1", "bearer k1", "BEARER k1", "Bearer  k1 "] {
+            assert_eq!(bearer(&with(value)), Some("k1"), "{value}");
+        }
+        for value in ["Basic k1", "Bearerk1", "k1"] {
+            assert_eq!(bearer(&with(value)), None, "{value}");
+        }
     }
 }

@@ -162,7 +162,7 @@ async fn a_wrong_method_answers_405_with_allow_and_an_unknown_path_404() -> anyh
     let cases = [
         (Method::GET, producer("/api/v1/notifications"), Some("POST")),
         (Method::DELETE, producer("/api/v1/tokens"), Some("POST")),
-        (Method::POST, producer("/healthz"), Some("GET")),
+        (Method::POST, producer("/healthz"), Some("GET, HEAD")),
         (
             Method::PUT,
             producer("/api/v1/users/alice/unread"),

@@ -3,18 +3,18 @@
 
 use std::sync::atomic::Ordering;
 
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpResponse, get, route, web};
 use reddot_shared::{db, metrics as m};
 use serde_json::json;
 
 use crate::state::GatewayState;
 
-#[get("/healthz")]
+#[route("/healthz", method = "GET", method = "HEAD")]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-#[get("/readyz")]
+#[route("/readyz", method = "GET", method = "HEAD")]
 pub async fn readyz(state: web::Data<GatewayState>) -> HttpResponse {
     let database = db::ping(&state.db).await;
     let rabbitmq = state.amqp_connected.load(Ordering::Relaxed);

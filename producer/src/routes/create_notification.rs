@@ -34,6 +34,7 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
         (status = 401, description = "missing or wrong API key", body = super::openapi::ErrorResponse),
         (status = 413, description = "body too large", body = super::openapi::ErrorResponse),
         (status = 415, description = "not application/json", body = super::openapi::ErrorResponse),
+        (status = 409, description = "a request with this Idempotency-Key is still being handled", body = super::openapi::ErrorResponse),
         (status = 422, description = "Idempotency-Key reused with another body", body = super::openapi::ErrorResponse),
         (status = 503, description = "database unavailable; nothing stored", body = super::openapi::ErrorResponse),
     ),

@@ -4,23 +4,23 @@
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpResponse, get, route, web};
 use reddot_shared::{db, metrics as m, store::outbox};
 use serde_json::json;
 
 use super::AppState;
 
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "the process is up")))]
-#[get("/healthz")]
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "the process is up", body = super::openapi::Health)))]
+#[route("/healthz", method = "GET", method = "HEAD")]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
-    (status = 200, description = "the database is reachable"),
-    (status = 503, description = "the database is unreachable"),
+    (status = 200, description = "the database is reachable", body = super::openapi::Readiness),
+    (status = 503, description = "the database is unreachable", body = super::openapi::Readiness),
 ))]
-#[get("/readyz")]
+#[route("/readyz", method = "GET", method = "HEAD")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let database = db::ping(&state.db).await;
     let lag = if database {

@@ -26,6 +26,8 @@ pub const MAX_TTL_SECS: i64 = 86_400;
         (status = 200, description = "a gateway token", body = super::openapi::TokenResponse),
         (status = 400, description = "invalid user id or ttl", body = super::openapi::ErrorResponse),
         (status = 401, description = "missing or wrong API key", body = super::openapi::ErrorResponse),
+        (status = 413, description = "body too large", body = super::openapi::ErrorResponse),
+        (status = 415, description = "not application/json", body = super::openapi::ErrorResponse),
     ),
     security(("api_key" = []))
 )]
@@ -62,6 +64,12 @@ pub async fn mint_token(
         None | Some(Value::Null) => DEFAULT_TTL_SECS,
         Some(v) => v
             .as_i64()
+            // 3600.0 is a whole number too; JSON does not tell the two apart.
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() <= MAX_TTL_SECS as f64)
+                    .map(|f| f as i64)
+            })
             .filter(|t| (MIN_TTL_SECS..=MAX_TTL_SECS).contains(t))
             .ok_or_else(|| {
                 ApiError::field(

@@ -19,7 +19,11 @@ fn user(path: &str) -> Result<UserId, ApiError> {
 #[utoipa::path(get, path = "/api/v1/users/{user_id}/notifications", tag = "admin",
     params(("user_id" = String, Path), ("before" = Option<i64>, Query), ("limit" = Option<u64>, Query),
            ("unread_only" = Option<bool>, Query), ("kind" = Option<String>, Query)),
-    responses((status = 200, description = "the user's inbox, newest first: {items, next_before, cursor}")),
+    responses(
+        (status = 200, description = "the user's inbox, newest first", body = super::openapi::InboxPage),
+        (status = 400, description = "invalid user id or query", body = super::openapi::ErrorResponse),
+        (status = 401, description = "missing or wrong API key", body = super::openapi::ErrorResponse),
+    ),
     security(("api_key" = [])))]
 #[get("/api/v1/users/{user_id}/notifications")]
 pub async fn user_notifications(
@@ -35,7 +39,11 @@ pub async fn user_notifications(
 
 #[utoipa::path(get, path = "/api/v1/users/{user_id}/unread", tag = "admin",
     params(("user_id" = String, Path)),
-    responses((status = 200, description = "{count, by_kind, latest_id}")),
+    responses(
+        (status = 200, description = "the user's unread count", body = super::openapi::UnreadView),
+        (status = 400, description = "invalid user id", body = super::openapi::ErrorResponse),
+        (status = 401, description = "missing or wrong API key", body = super::openapi::ErrorResponse),
+    ),
     security(("api_key" = [])))]
 #[get("/api/v1/users/{user_id}/unread")]
 pub async fn user_unread(

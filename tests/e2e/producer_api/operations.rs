@@ -1,19 +1,23 @@
 //! The operational endpoints: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, and the
 //! JSON 404 for everything else.
 
-use reddot_tests::{Backend, Stack};
+use anyhow::Context;
+use reddot_tests::{API_KEY, Backend, Stack};
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::helpers::get;
+use crate::helpers::{get, post_json};
 
 #[tokio::test]
 async fn healthz_answers_200() -> anyhow::Result<()> {
     let stack = Stack::start(Backend::Sqlite).await?;
 
     let answer = get(&stack, "/healthz").await?;
+    // Load balancers probe with HEAD too.
+    let head = stack.http.head(stack.producer.url("/healthz")).send().await?;
 
     assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(head.status(), StatusCode::OK);
     Ok(())
 }
 
@@ -87,6 +91,73 @@ async fn openapi_describes_the_notification_and_token_endpoints() -> anyhow::Res
         "{paths}"
     );
     assert!(paths["/api/v1/tokens"]["post"].is_object(), "{paths}");
+    Ok(())
+}
+
+/// A limit of the spec, as a number.
+fn limit(schema: &Value, keyword: &str) -> anyhow::Result<u64> {
+    schema[keyword]
+        .as_u64()
+        .with_context(|| format!("no {keyword} in {schema}"))
+}
+
+/// A client generated from the spec and the server agree: at each limit the spec gives,
+/// the API accepts; one past it, it refuses with a 400 naming the field.
+#[tokio::test]
+async fn the_openapi_limits_are_the_limits_the_api_enforces() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let spec = get(&stack, "/openapi.json").await?.json;
+    let schemas = &spec["components"]["schemas"];
+    let create = &schemas["CreateNotification"];
+    assert_eq!(create["additionalProperties"], false, "{create}");
+    assert_eq!(
+        schemas["Recipients"]["oneOf"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        schemas["Recipients"]
+    );
+
+    let stack = &stack;
+    let post = |body: Value| async move {
+        post_json(stack, "/api/v1/notifications", Some(API_KEY), &body, None).await
+    };
+    let base = json!({"to": {"users": ["alice"]}, "title": "t"});
+    for field in ["title", "body", "sender", "kind"] {
+        let max = limit(&create["properties"][field], "maxLength")? as usize;
+        let mut at = base.clone();
+        at[field] = json!("a".repeat(max));
+        let answer = post(at).await?;
+        assert_eq!(
+            answer.status,
+            StatusCode::CREATED,
+            "{field}: {}",
+            answer.json
+        );
+        let mut past = base.clone();
+        past[field] = json!("a".repeat(max + 1));
+        let answer = post(past).await?;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{field}");
+        assert_eq!(answer.json["error"]["field"], field, "{}", answer.json);
+    }
+    let max_users = limit(&schemas["ToUsers"]["properties"]["users"], "maxItems")? as usize;
+    let users = |n: usize| (0..n).map(|i| format!("u{i}")).collect::<Vec<_>>();
+    let answer = post(json!({"to": {"users": users(max_users)}, "title": "t"})).await?;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.json);
+    let answer = post(json!({"to": {"users": users(max_users + 1)}, "title": "t"})).await?;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.json);
+
+    let ttl = &schemas["MintToken"]["properties"]["ttl_seconds"];
+    let (min, max) = (limit(ttl, "minimum")?, limit(ttl, "maximum")?);
+    for (seconds, accepted) in [(min - 1, false), (min, true), (max, true), (max + 1, false)] {
+        let body = json!({"user_id": "alice", "ttl_seconds": seconds});
+        let answer = post_json(stack, "/api/v1/tokens", Some(API_KEY), &body, None).await?;
+        assert_eq!(
+            answer.status.is_success(),
+            accepted,
+            "{seconds}: {}",
+            answer.json
+        );
+    }
     Ok(())
 }
 
