@@ -4,7 +4,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use tokio::{
@@ -19,6 +19,8 @@ use tokio::{
 pub struct Proxy {
     pub addr: String,
     up: Arc<AtomicBool>,
+    /// Connections accepted so far, refused ones included.
+    attempts: Arc<AtomicU64>,
     cut: watch::Sender<u64>,
     paused: watch::Sender<bool>,
 }
@@ -32,8 +34,11 @@ impl Proxy {
         let (paused, pauses) = watch::channel(false);
         let target = target.to_owned();
         let accepting = up.clone();
+        let attempts = Arc::new(AtomicU64::new(0));
+        let counted = attempts.clone();
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
                 if !accepting.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
@@ -61,6 +66,7 @@ impl Proxy {
         Ok(Self {
             addr,
             up,
+            attempts,
             cut,
             paused,
         })
@@ -70,6 +76,11 @@ impl Proxy {
     pub fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
         self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// How many connections were attempted through the proxy so far.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::SeqCst)
     }
 
     /// Accepts connections again.

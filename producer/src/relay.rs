@@ -222,7 +222,7 @@ impl Relay {
                 if flush_until.is_some() {
                     break;
                 }
-                self.idle(&shutdown, backoff.next_delay()).await;
+                self.back_off(&shutdown, backoff.next_delay()).await;
                 continue;
             }
 
@@ -235,7 +235,7 @@ impl Relay {
                 Ok(p) => p,
                 Err(err) => {
                     tracing::warn!(error = %err, "could not read the outbox");
-                    self.idle(&shutdown, backoff.next_delay()).await;
+                    self.back_off(&shutdown, backoff.next_delay()).await;
                     continue;
                 }
             };
@@ -295,7 +295,7 @@ impl Relay {
                     if flush_until.is_some() {
                         break;
                     }
-                    self.idle(&shutdown, delay).await;
+                    self.back_off(&shutdown, delay).await;
                 }
             }
         }
@@ -324,6 +324,16 @@ impl Relay {
     async fn idle(&self, shutdown: &CancellationToken, delay: Duration) {
         tokio::select! {
             () = self.handoff.wake.notified() => {}
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => {}
+        }
+    }
+
+    /// Waits out a backoff after a failure: the delay or shutdown, not a wake-up. With
+    /// wake-ups, every commit during a RabbitMQ outage cut the backoff short: one
+    /// connection attempt and one warning per write batch.
+    async fn back_off(&self, shutdown: &CancellationToken, delay: Duration) {
+        tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.cancelled() => {}
         }

@@ -56,6 +56,7 @@ async fn notifications_accepted_while_rabbitmq_is_down_are_published_in_order_on
     .await?;
 
     proxy.cut();
+    let attempts_before = proxy.attempts();
     let mut acked = Vec::new();
     for i in 0..20 {
         acked.push(
@@ -63,7 +64,15 @@ async fn notifications_accepted_while_rabbitmq_is_down_are_published_in_order_on
                 .notify(&for_alice(format!("during the outage {i}")))
                 .await?,
         );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The relay backs off (0.1, 0.2, 0.4, 0.8 s…) whatever is committed meanwhile: about
+    // five attempts in this second, not one per commit.
+    let attempts = proxy.attempts() - attempts_before;
+    assert!(
+        attempts <= 8,
+        "{attempts} connection attempts to RabbitMQ during 20 commits in ~1 s"
+    );
     let during = readyz_until(&stack, "/readyz reports RabbitMQ down", |body| {
         body["rabbitmq"] == "down"
     })
