@@ -42,15 +42,27 @@ async fn cors_answers_the_allowed_origin_only_and_the_producer_answers_none() ->
             .header(header::ORIGIN, origin)
             .send()
             .await?;
+        // The client script too: an allowed site imports it as a module (CORS); others
+        // get no CORS header, as on every endpoint.
+        let script = stack
+            .http
+            .get(gw.url("/reddot.js"))
+            .header(header::ORIGIN, origin)
+            .send()
+            .await?;
         let allowed = header_of(&preflight, header::ACCESS_CONTROL_ALLOW_ORIGIN);
         let allowed_simple = header_of(&simple, header::ACCESS_CONTROL_ALLOW_ORIGIN);
+        let allowed_script = header_of(&script, header::ACCESS_CONTROL_ALLOW_ORIGIN);
+        assert_eq!(script.status(), StatusCode::OK);
         if origin == ORIGIN {
             assert_eq!(preflight.status(), StatusCode::OK);
             assert_eq!(allowed.as_deref(), Some(ORIGIN));
             assert_eq!(allowed_simple.as_deref(), Some(ORIGIN));
+            assert_eq!(allowed_script.as_deref(), Some(ORIGIN));
         } else {
             assert_eq!(allowed, None, "preflight from {origin}");
             assert_eq!(allowed_simple, None, "GET from {origin}");
+            assert_eq!(allowed_script, None, "reddot.js from {origin}");
         }
         assert_ne!(allowed.as_deref(), Some("*"));
         if origin == EVIL {
