@@ -989,3 +989,34 @@ async fn a_long_poll_resumes_like_every_transport_and_its_hold_ends_with_the_tok
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_read_on_another_device_answers_a_held_long_poll_with_the_new_count() -> anyhow::Result<()>
+{
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let token = stack.token("alice").await?;
+    let id = stack.notify(&to_users(&["alice"], "unread one")).await?;
+
+    let started = Instant::now();
+    let path = format!("/v1/poll?cursor={id}&timeout=30");
+    let held = get(&stack, &gw, &token, &path);
+    let read_elsewhere = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        mark_read(&stack, &gw, &token, &json!({"ids": [id]})).await
+    };
+    let (held, read) = tokio::join!(held, read_elsewhere);
+    assert!(read?.status.is_success());
+    let held = held?;
+
+    assert_eq!(held.status, StatusCode::OK, "{}", held.json);
+    assert_eq!(held.json["notifications"], json!([]), "{}", held.json);
+    assert_eq!(held.json["cursor"], id);
+    assert_eq!(held.json["unread"]["count"], 0, "{}", held.json);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! than the cursor is visible, else holds the request (≤ 60 s) until a notification
 //! for the user reaches this node — the request joins the hub like any session, so it
 //! is woken by the broker, never by polling the database — and answers `204` on timeout.
+//! A read or delete elsewhere answers the hold with the new count and no notifications.
 //! A hold ends when the token does (`401`): no session outlives its token.
 
 use std::time::Duration;
@@ -76,9 +77,21 @@ pub async fn poll(
             Ok(HttpResponse::NoContent().finish())
         }
     };
+    let mut read_state_changed = false;
     loop {
         if let Some(answer) = answer(&state, &auth, cursor).await? {
             return Ok(answer);
+        }
+        if read_state_changed {
+            // A read or delete on another tab or device: the long-poll form of the
+            // `unread` the streams push — no notifications, the same cursor.
+            let unread = inbox::unread(&ctx.db, &auth.user, now_ms()).await?;
+            return Ok(HttpResponse::Ok().json(Answer {
+                reset: None,
+                notifications: &[],
+                cursor,
+                unread: &unread,
+            }));
         }
         let woke = tokio::select! {
             msg = membership.rx.recv_async() => msg.ok(),
@@ -87,6 +100,7 @@ pub async fn poll(
         };
         match woke {
             Some(HubMsg::Notification(n)) if n.id <= cursor => continue,
+            Some(HubMsg::ReadStateChanged) => read_state_changed = true,
             Some(HubMsg::Close) | None => return Ok(HttpResponse::NoContent().finish()),
             Some(_) => {}
         }
