@@ -5,7 +5,7 @@
  *   const rd = new Reddot({ gateway: "https://gw.example.com", token: jwt,
  *                           transport: "auto", getToken: async () => fetchNewJwt() });
  *   rd.on("notification", n => …);   // each notification once, in id order
- *   rd.on("unread", u => badge(u.badge));   // u = {count, by_kind, as_of, badge, badge_by_kind}
+ *   rd.on("unread", u => badge(u.count));   // u = {count, by_kind, as_of} (+ badge, badge_by_kind: the same)
  *   rd.on("status", s => …);         // {state, transport, leader, attempt, retryIn, reason}
  *   rd.on("reset", () => reloadInbox());
  *   rd.on("read", r => …);           // {ids} or {all: true}: marked read in this browser
@@ -35,9 +35,9 @@
  *   forever-iframe posting messages; the page's origin must be in the gateway's
  *   REDDOT_ALLOWED_ORIGINS), "mqtt" (MQTT 3.1.1 over RabbitMQ's Web-MQTT, see below) and
  *   "auto": SSE, falling back to WebSocket, then long polling,
- *   when a transport fails twice while the gateway itself answers. Long polls answer new
- *   notifications only, so that transport rereads the count every 15 s (reads made on
- *   other devices); the iframe cannot see a stream cut mid-way, so a watchdog checks it.
+ *   when a transport fails twice while the gateway itself answers. A long poll is also
+ *   answered by a read on another device (with the new count and no notifications); the
+ *   iframe cannot see a stream cut mid-way, so a watchdog checks it.
  * - A connection counts as up once the gateway's first `unread` arrives (every transport
  *   sends one at once); one that gives none within `openTimeout` (a buffering proxy)
  *   counts as failed. Reconnects back off exponentially with jitter. `getToken`, when
@@ -66,8 +66,10 @@
  *   end a connection at the token's `exp`, so the client does, and reconnects with a
  *   fresh token. Not part of "auto": it needs the broker's Web-MQTT port.
  * - The badge: the gateway's `unread` covers ids up to `as_of`; notifications received
- *   with a larger id are not in its count yet. So `badge = count + (received ids > as_of)`,
- *   which the `unread` event carries as `badge` (and is emitted again on each notification).
+ *   with a larger id are not in its count yet. So the client adds them: the `unread`
+ *   event's `count` and `by_kind` are the exact badge on every transport (`as_of` the
+ *   largest id they cover), emitted again on each notification; `badge` and
+ *   `badge_by_kind` repeat them for pages written against earlier versions.
  *   Reads made in one tab update every tab's badge at once (the read's answer is shared);
  *   the gateway also pushes `unread` to every session on reads from other devices.
  */
@@ -318,11 +320,15 @@
   P._badgeView = function () {
     var u = this._unread || { count: 0, by_kind: {}, as_of: 0 };
     var byKind = {};
+    var asOf = u.as_of;
     var k;
     for (k in u.by_kind) byKind[k] = u.by_kind[k];
-    this._extra.forEach(function (kind) { byKind[kind] = (byKind[kind] || 0) + 1; });
-    return { count: u.count, by_kind: u.by_kind, as_of: u.as_of,
-      badge: u.count + this._extra.size, badge_by_kind: byKind };
+    this._extra.forEach(function (kind, id) {
+      byKind[kind] = (byKind[kind] || 0) + 1;
+      if (id > asOf) asOf = id;
+    });
+    var count = u.count + this._extra.size;
+    return { count: count, by_kind: byKind, as_of: asOf, badge: count, badge_by_kind: byKind };
   };
 
   /** One event from the gateway (leader) or relayed by the leader (follower). */
@@ -792,8 +798,9 @@
       if (stopped) return;
       h.fail(e && e.status === 401 ? 'unauthorized' : 'error');
     };
-    // Long polls answer new notifications only: the count (reads on other devices) is
-    // read with GET /v1/unread at start and every 15 s (ETag: usually a 304).
+    // A read on another device answers a held poll with the new count; one made between
+    // two polls is caught by GET /v1/unread, read at start and every 15 s (ETag: usually
+    // a 304).
     var checkUnread = function () {
       return rd._request('GET', '/v1/unread', undefined, {
         headers: etag ? { 'If-None-Match': etag } : undefined, signal: ctrl.signal, timeout: 10000,
@@ -854,15 +861,21 @@
         });
       };
       return page(undefined).then(function (tooMany) {
-        if (stopped) return;
+        if (stopped) return [];
         if (tooMany) {
           h.event('reset', { reason: 'gap_too_large' });
           rd._lastId = Math.max(rd._lastId || 0, latest);
           rd._saveCursor();
-          return;
+          return [];
         }
         found.sort(function (a, b) { return a.id - b.id; });
-        found.forEach(function (n) { h.event('notification', n); });
+        // As every transport delivers it: the inbox's `read` is not part of a
+        // notification (the `unread` sent before them counts what is read).
+        return found.map(function (n) {
+          var copy = {};
+          for (var key in n) if (key !== 'read') copy[key] = n[key];
+          return copy;
+        });
       });
     };
     var tick = function () {
@@ -875,9 +888,13 @@
         etag = r.headers.get('ETag');
         var u = r.body;
         var latest = u.latest_id || 0;
-        var step = latest > (rd._lastId || 0) ? fetchNew(rd._lastId || 0, latest) : Promise.resolve();
-        return step.then(function () {
-          if (!stopped) h.event('unread', { count: u.count, by_kind: u.by_kind, as_of: latest });
+        var step = latest > (rd._lastId || 0) ? fetchNew(rd._lastId || 0, latest) : Promise.resolve([]);
+        return step.then(function (found) {
+          if (stopped) return;
+          // The count first: it covers the new ones up to `latest`, so the badge never
+          // counts one twice while they are delivered.
+          h.event('unread', { count: u.count, by_kind: u.by_kind, as_of: latest });
+          found.forEach(function (n) { h.event('notification', n); });
         });
       }).then(function () {
         if (!stopped) timer = setTimeout(tick, rd.options.pollInterval);

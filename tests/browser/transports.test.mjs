@@ -26,6 +26,13 @@ for (const transport of ['sse', 'ws', 'longpoll', 'poll', 'iframe']) {
         await page.click('#bell');
         await page.waitForSelector(`#list .item[data-id="${old.id}"]`);
 
+        // What the page's own listeners get: the contract's notification, and the exact
+        // badge as the unread event's count.
+        await page.evaluate(() => {
+          window.seen = { keys: [], counts: [] };
+          window.demo.rd.on('notification', (n) => window.seen.keys.push(Object.keys(n).sort().join(',')));
+          window.demo.rd.on('unread', (u) => window.seen.counts.push(u.count));
+        });
         const started = Date.now();
         const created = await stack.notify(user, `Hello over ${transport}`);
         await page.waitForFunction((id) => {
@@ -37,23 +44,26 @@ for (const transport of ['sse', 'ws', 'longpoll', 'poll', 'iframe']) {
         assert.ok(elapsed < 1000, `${transport}: shown after ${elapsed} ms`);
         assert.deepEqual(await received(page), [created.id]);
         assert.match(await page.textContent('#announcer'), /Hello over/);
+        const seen = await page.evaluate(() => window.seen);
+        assert.deepEqual(seen.keys, [
+          'audience,body,created_at,data,expires_at,id,kind,sender,title',
+        ]);
+        assert.equal(seen.counts.at(-1), 2, `unread counts seen: ${seen.counts}`);
 
         // Mark read in the inbox: the item loses its bold, the badge goes down.
         await page.click(`#list .item[data-id="${created.id}"] .mark`);
         await waitBadge(page, '1');
         assert.equal(await page.locator(`#list .item.unread[data-id="${created.id}"]`).count(), 0);
 
-        // Read on another device (straight to the gateway): pushed to the page, except
-        // that long polling only rereads the count every 15 s.
-        if (transport !== 'longpoll') {
-          const res = await fetch(`${stack.gatewayUrl}/v1/notifications/read`, {
-            method: 'POST',
-            headers: { authorization: `Bearer ${await stack.token(user)}`, 'content-type': 'application/json' },
-            body: JSON.stringify({ all: true }),
-          });
-          assert.equal(res.status, 200);
-          await waitBadge(page, '', 2000);
-        }
+        // Read on another device (straight to the gateway): pushed to the page (a held
+        // long poll is answered with the new count).
+        const res = await fetch(`${stack.gatewayUrl}/v1/notifications/read`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${await stack.token(user)}`, 'content-type': 'application/json' },
+          body: JSON.stringify({ all: true }),
+        });
+        assert.equal(res.status, 200);
+        await waitBadge(page, '', 2000);
         assert.deepEqual(page.errors, []);
       } finally {
         await context.close();
