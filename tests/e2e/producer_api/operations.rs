@@ -14,7 +14,11 @@ async fn healthz_answers_200() -> anyhow::Result<()> {
 
     let answer = get(&stack, "/healthz").await?;
     // Load balancers probe with HEAD too.
-    let head = stack.http.head(stack.producer.url("/healthz")).send().await?;
+    let head = stack
+        .http
+        .head(stack.producer.url("/healthz"))
+        .send()
+        .await?;
 
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(head.status(), StatusCode::OK);
