@@ -12,11 +12,25 @@ let browser;
 before(async () => { browser = await launchBrowser(); });
 after(async () => { await browser?.close(); });
 
-// The embedding page: imports the client as a module, for its side effect.
+// The embedding page: imports the client as a module, for its side effect. A module
+// import needs CORS, which only allowed origins get; any other site falls back to a
+// classic <script src> (no CORS needed), so that it can at least try the API.
 const PAGE = `<!DOCTYPE html><html><head><meta charset="utf-8"><title>embed</title></head><body>
 <script type="module">
   const gateway = new URLSearchParams(location.search).get('gw');
-  await import(gateway + '/reddot.js');
+  try {
+    await import(gateway + '/reddot.js');
+    window.loadedAs = 'module';
+  } catch (e) {
+    await new Promise((resolve, reject) => {
+      const s = document.createElement('script');
+      s.src = gateway + '/reddot.js';
+      s.onload = resolve;
+      s.onerror = reject;
+      document.head.append(s);
+    });
+    window.loadedAs = 'classic';
+  }
   const { Reddot } = globalThis;
   window.clients = {};
   window.start = (name, options) => {
@@ -59,6 +73,7 @@ test('another site imports reddot.js as a module and uses every transport', asyn
       const context = await browser.newContext();
       try {
         const page = await embeddingPage(context, site, stack);
+        assert.equal(await page.evaluate(() => window.loadedAs), 'module');
         for (const transport of ['sse', 'ws', 'longpoll', 'poll', 'iframe']) {
           const user = `embed-${transport}`;
           await page.evaluate(([name, token, t]) => window.start(name, { token, transport: t, pollInterval: 300 }),
@@ -138,6 +153,8 @@ test('a site whose origin is not allowed cannot read anything', async () => {
       const context = await browser.newContext();
       try {
         const page = await embeddingPage(context, site, stack);
+        // No CORS for this origin, not even for the script.
+        assert.equal(await page.evaluate(() => window.loadedAs), 'classic');
         await page.evaluate((token) => window.start('x', { token, transport: 'sse', maxBackoff: 1000 }),
           await stack.token('mallory-victim'));
         const listed = await page.evaluate(() => window.clients.x.rd.list().then(() => 'listed', (e) => `refused: ${e.message}`));
