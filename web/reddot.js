@@ -54,8 +54,12 @@
  *   crashes, and the next tab in the lock's queue takes over at once, resuming from the
  *   last id it saw. So ten tabs use one connection, under HTTP/1.1's six per host. The
  *   connection uses the leader's token, getToken and transport (setTransport in any tab
- *   switches it for all); list/markRead/remove are plain requests from each tab. Without
- *   Web Locks or BroadcastChannel (or with `share: false`) each instance connects alone.
+ *   switches it for all); list/markRead/remove are plain requests from each tab. Where
+ *   there are no Web Locks (plain-http pages on hosts other than localhost are not a
+ *   secure context) a lease in localStorage elects the leader instead (taken over within
+ *   3 s of a crash, at once when the leader's page closes). Without BroadcastChannel, or
+ *   without both locks and localStorage (or with `share: false`), each instance connects
+ *   alone.
  * - MQTT: a minimal MQTT 3.1.1 client (CONNECT, SUBSCRIBE, PUBLISH QoS 0/1 with PUBACK,
  *   PINGREQ) that logs in as the user id with the token as password and the client id
  *   `<user id>/<random>`, and subscribes to `reddot/users/<user id>` and
@@ -120,6 +124,18 @@
   function storage() {
     try { return global.localStorage || null; } catch (e) { return null; }
   }
+
+  /** Whether localStorage can be written (not disabled, not full): the lease needs it. */
+  function storageWorks() {
+    var s = storage();
+    if (!s) return false;
+    try { s.setItem('reddot:probe', '1'); s.removeItem('reddot:probe'); return true; } catch (e) { return false; }
+  }
+
+  // Lease election (no Web Locks): how long a lease lasts unrenewed, and how long a claim
+  // waits for other tabs' claims to settle before reading back who won.
+  var LEASE_MS = 3000;
+  var LEASE_SETTLE_MS = 200;
 
   /** Half fixed, half random ("equal jitter"): never 0, never a synchronized herd. */
   function backoff(attempt, min, max) {
@@ -186,8 +202,9 @@
     this._pendingList = null;
     this._status = { state: 'connecting', transport: null, leader: false, attempt: 0, retryIn: null, reason: null };
 
-    var shared = o.share && global.navigator && global.navigator.locks &&
-      typeof global.BroadcastChannel === 'function';
+    var locks = global.navigator && global.navigator.locks;
+    var shared = o.share && typeof global.BroadcastChannel === 'function' &&
+      (locks || storageWorks());
     if (shared) {
       // Subscribe before reading the cursor: nothing relayed after the read is missed.
       this._bc = new global.BroadcastChannel(this._ns);
@@ -195,15 +212,19 @@
     }
     this._lastId = this._readCursor();
     if (shared) {
-      this._lockAbort = typeof AbortController === 'function' ? new AbortController() : null;
       var self = this;
-      global.navigator.locks.request(this._ns, this._lockAbort ? { signal: this._lockAbort.signal } : {}, function () {
-        if (self._closed) return undefined;
-        return new Promise(function (release) {
-          self._releaseLock = release;
-          self._becomeLeader();
-        });
-      }).catch(function () { /* aborted by close() */ });
+      if (locks) {
+        this._lockAbort = typeof AbortController === 'function' ? new AbortController() : null;
+        locks.request(this._ns, this._lockAbort ? { signal: this._lockAbort.signal } : {}, function () {
+          if (self._closed) return undefined;
+          return new Promise(function (release) {
+            self._releaseLock = release;
+            self._becomeLeader();
+          });
+        }).catch(function () { /* aborted by close() */ });
+      } else {
+        this._leaseElection();
+      }
       this._post({ t: 'hello', from: this._id });
       // No answer (no leader yet, or it is still connecting): read the count ourselves.
       this._timers.snapshot = setTimeout(function () {
@@ -400,7 +421,64 @@
         this.options.transport = m.transport;
         if (this._leader) this._restart();
         break;
+      case 'lease_free': // the leader's page went away (lease election only)
+        if (this._leaseTick) this._leaseTick();
+        break;
     }
+  };
+
+  /**
+   * Leader election without Web Locks, which exist in secure contexts only (a plain-http
+   * page on a host other than localhost has none): a lease in localStorage that the
+   * leader renews every second. Another tab takes over when it lapses (LEASE_MS), or at
+   * once when the leader's page goes away (it frees the lease and says so). Tabs that
+   * claim together each write their own id; the last write wins, read back after the
+   * writes have settled. A leader that finds another's lease (its renewals were held back
+   * in a background tab) steps down; followers drop what they saw twice meanwhile.
+   */
+  P._leaseElection = function () {
+    var self = this;
+    var key = this._ns + ':lease';
+    var read = function () {
+      try { return JSON.parse(global.localStorage.getItem(key)); } catch (e) { return null; }
+    };
+    var write = function () {
+      try { global.localStorage.setItem(key, JSON.stringify({ id: self._id, until: Date.now() + LEASE_MS })); } catch (e) { /* full */ }
+    };
+    var tick = function () {
+      if (self._closed) return;
+      var lease = read();
+      var mine = lease && lease.id === self._id;
+      var free = !lease || !(lease.until > Date.now());
+      if (self._leader) {
+        if (mine || free) write(); else self._stepDown();
+        return;
+      }
+      if (!free && !mine) return;
+      write();
+      setTimeout(function () {
+        var now = read();
+        if (!self._closed && !self._leader && now && now.id === self._id) self._becomeLeader();
+      }, LEASE_SETTLE_MS);
+    };
+    this._leaseTick = tick;
+    this._leaseRelease = function () {
+      var lease = read();
+      if (!lease || lease.id !== self._id) return;
+      try { global.localStorage.removeItem(key); } catch (e) { /* disabled */ }
+      self._post({ t: 'lease_free' });
+    };
+    if (global.addEventListener) global.addEventListener('pagehide', this._leaseRelease);
+    this._leaseTimer = setInterval(tick, 1000);
+    tick();
+  };
+
+  /** Leaves leadership (lease election only): the connection closes, events come relayed. */
+  P._stepDown = function () {
+    if (!this._leader) return;
+    this._stopConnection();
+    this._leader = false;
+    this._setStatus({ leader: false }, false);
   };
 
   P._becomeLeader = function () {
@@ -723,6 +801,11 @@
     for (var t in this._timers) clearTimeout(this._timers[t]);
     if (this._lockAbort) this._lockAbort.abort();
     if (this._releaseLock) this._releaseLock();
+    if (this._leaseRelease) {
+      clearInterval(this._leaseTimer);
+      this._leaseRelease();
+      if (global.removeEventListener) global.removeEventListener('pagehide', this._leaseRelease);
+    }
     if (this._bc) this._bc.close();
     if (global.removeEventListener) global.removeEventListener('online', this._onOnline);
     this._status.state = 'closed';

@@ -54,12 +54,12 @@ export function ensureBuilt() {
   built = true;
 }
 
-export async function launchBrowser() {
+export async function launchBrowser(extraArgs = []) {
   const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
   if (!existsSync(executablePath)) {
     throw new Error(`${executablePath} is missing: apt-get install -y chromium`);
   }
-  return chromium.launch({ executablePath, args: CHROMIUM_ARGS, headless: true });
+  return chromium.launch({ executablePath, args: [...CHROMIUM_ARGS, ...extraArgs], headless: true });
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));

@@ -1,15 +1,20 @@
 // Ten tabs of one user in one browser: one connection (Web Locks leader + BroadcastChannel
 // relay), every tab gets every event, reads spread to every tab, and the tabs stay live
-// when the leader's tab closes.
+// when the leader's tab closes. Again on a plain-http host other than localhost, which is
+// not a secure context: no Web Locks there, the client elects its leader with a lease.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  launchBrowser, withStack, openDemo, waitState, waitBadge, received, sleep,
+  launchBrowser, withStack, openDemo, watchErrors, waitState, waitBadge, received, sleep,
 } from './harness.mjs';
 
+// reddot.test is 127.0.0.1 to this browser, but, unlike 127.0.0.1 and localhost, not
+// "potentially trustworthy": pages served from it over http are not a secure context.
+const INSECURE_HOST = 'reddot.test';
+
 let browser;
-before(async () => { browser = await launchBrowser(); });
+before(async () => { browser = await launchBrowser([`--host-resolver-rules=MAP ${INSECURE_HOST} 127.0.0.1`]); });
 after(async () => { await browser?.close(); });
 
 const TABS = 10;
@@ -27,14 +32,31 @@ async function leaders(pages) {
   return pages.filter((_, i) => flags[i]);
 }
 
-test('ten tabs share one connection and all see every event', async (t) => {
+/** The demo page of `stack`, served from `host` instead of 127.0.0.1. */
+async function openDemoAt(context, stack, token, host) {
+  if (host === '127.0.0.1') return openDemo(context, stack, token);
+  const gateway = stack.gatewayUrl.replace('127.0.0.1', host);
+  const page = watchErrors(await context.newPage());
+  await page.goto(stack.demoUrl(token).replace(stack.gatewayUrl, gateway));
+  return page;
+}
+
+for (const host of ['127.0.0.1', INSECURE_HOST]) {
+  test(`ten tabs share one connection and all see every event (${host})`, async (t) => {
+    await tenTabs(t, host);
+  });
+}
+
+async function tenTabs(t, host) {
   await withStack({}, async (stack) => {
     const user = 'tabby';
     const context = await browser.newContext();
     try {
       const token = await stack.token(user);
       const pages = [];
-      for (let i = 0; i < TABS; i++) pages.push(await openDemo(context, stack, token));
+      for (let i = 0; i < TABS; i++) pages.push(await openDemoAt(context, stack, token, host));
+      const secure = await pages[0].evaluate(() => [window.isSecureContext, !!navigator.locks]);
+      assert.deepEqual(secure, host === INSECURE_HOST ? [false, false] : [true, true]);
       await Promise.all(pages.map((p) => waitState(p)));
 
       let leading = await leaders(pages);
@@ -88,4 +110,4 @@ test('ten tabs share one connection and all see every event', async (t) => {
       await context.close();
     }
   });
-});
+}
