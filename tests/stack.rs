@@ -50,6 +50,22 @@ impl Stack {
             .ok_or_else(|| anyhow::anyhow!("no id in {json}"))
     }
 
+    /// Posts `count` notifications to `user`, one after another, titled `{prefix}{i}`;
+    /// their ids in order.
+    pub async fn notify_each(
+        &self,
+        user: &str,
+        prefix: &str,
+        count: usize,
+    ) -> anyhow::Result<Vec<i64>> {
+        let mut ids = Vec::with_capacity(count);
+        for i in 0..count {
+            let body = crate::gateway::to_users(&[user], &format!("{prefix}{i}"));
+            ids.push(self.notify(&body).await?);
+        }
+        Ok(ids)
+    }
+
     /// A gateway token for `user` minted by the producer.
     pub async fn token(&self, user: &str) -> anyhow::Result<String> {
         let res: Value = self

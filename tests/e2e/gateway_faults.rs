@@ -325,14 +325,7 @@ async fn while_the_gateways_database_is_cut_live_streams_flow_and_resumes_return
     live.expect("unread", DELIVERY).await?;
 
     proxy.cut();
-    let mut during = Vec::new();
-    for i in 0..5 {
-        during.push(
-            stack
-                .notify(&to_users(&["alice"], &format!("cut {i}")))
-                .await?,
-        );
-    }
+    let mut during = stack.notify_each("alice", "cut ", 5).await?;
     during.push(stack.notify(&to_all("cut broadcast")).await?);
     let last = *during.last().unwrap_or(&0);
     assert_eq!(

@@ -898,14 +898,7 @@ async fn a_long_poll_answers_at_most_100_at_a_time_and_resets_beyond_the_replay_
     let gw = Gateway::start(&stack, "node-a").await?;
     let capped = Gateway::start_with("node-b", stack.env().with("REDDOT_REPLAY_CAP", "3")).await?;
     let token = stack.token("alice").await?;
-    let mut ids = Vec::new();
-    for i in 0..105 {
-        ids.push(
-            stack
-                .notify(&to_users(&["alice"], &format!("n{i}")))
-                .await?,
-        );
-    }
+    let ids = stack.notify_each("alice", "n", 105).await?;
 
     let first = get_ok(&stack, &gw, &token, "/v1/poll?cursor=0&timeout=0").await?;
     assert_eq!(polled_ids(&first), ids[..100], "{first}");
@@ -943,14 +936,7 @@ async fn a_long_poll_resumes_like_every_transport_and_its_hold_ends_with_the_tok
     let stack = Stack::start(Backend::Sqlite).await?;
     let gw = Gateway::start(&stack, "node-a").await?;
     let token = stack.token("alice").await?;
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        ids.push(
-            stack
-                .notify(&to_users(&["alice"], &format!("n{i}")))
-                .await?,
-        );
-    }
+    let ids = stack.notify_each("alice", "n", 3).await?;
 
     // `?last_event_id=` and `Last-Event-ID`, as on SSE, WebSocket and the iframe.
     let by_query = get_ok(
