@@ -422,7 +422,7 @@
         if (this._leader) this._restart();
         break;
       case 'lease_free': // the leader's page went away (lease election only)
-        if (this._leaseTick) this._leaseTick();
+        if (this._leaseTick) this._leaseTick(m.from);
         break;
     }
   };
@@ -435,6 +435,9 @@
    * claim together each write their own id; the last write wins, read back after the
    * writes have settled. A leader that finds another's lease (its renewals were held back
    * in a background tab) steps down; followers drop what they saw twice meanwhile.
+   * localStorage reaches other tabs' processes a little later than a BroadcastChannel
+   * message, so `lease_free` names the tab that freed the lease: its lease, still read
+   * here, counts as free (else the takeover waited for the lease to lapse).
    */
   P._leaseElection = function () {
     var self = this;
@@ -445,11 +448,11 @@
     var write = function () {
       try { global.localStorage.setItem(key, JSON.stringify({ id: self._id, until: Date.now() + LEASE_MS })); } catch (e) { /* full */ }
     };
-    var tick = function () {
+    var tick = function (freedBy) {
       if (self._closed) return;
       var lease = read();
       var mine = lease && lease.id === self._id;
-      var free = !lease || !(lease.until > Date.now());
+      var free = !lease || !(lease.until > Date.now()) || (freedBy !== undefined && lease.id === freedBy);
       if (self._leader) {
         if (mine || free) write(); else self._stepDown();
         return;
@@ -466,9 +469,14 @@
       var lease = read();
       if (!lease || lease.id !== self._id) return;
       try { global.localStorage.removeItem(key); } catch (e) { /* disabled */ }
-      self._post({ t: 'lease_free' });
+      self._post({ t: 'lease_free', from: self._id });
     };
-    if (global.addEventListener) global.addEventListener('pagehide', this._leaseRelease);
+    // The removal itself, once it reaches this tab, in case the message was lost.
+    this._leaseStorage = function (e) { if (e.key === key && e.newValue === null) tick(); };
+    if (global.addEventListener) {
+      global.addEventListener('pagehide', this._leaseRelease);
+      global.addEventListener('storage', this._leaseStorage);
+    }
     this._leaseTimer = setInterval(tick, 1000);
     tick();
   };
@@ -804,7 +812,10 @@
     if (this._leaseRelease) {
       clearInterval(this._leaseTimer);
       this._leaseRelease();
-      if (global.removeEventListener) global.removeEventListener('pagehide', this._leaseRelease);
+      if (global.removeEventListener) {
+        global.removeEventListener('pagehide', this._leaseRelease);
+        global.removeEventListener('storage', this._leaseStorage);
+      }
     }
     if (this._bc) this._bc.close();
     if (global.removeEventListener) global.removeEventListener('online', this._onOnline);
