@@ -57,7 +57,7 @@
  *   switches it for all); list/markRead/remove are plain requests from each tab. Where
  *   there are no Web Locks (plain-http pages on hosts other than localhost are not a
  *   secure context) a lease in localStorage elects the leader instead (taken over within
- *   3 s of a crash, at once when the leader's page closes). Without BroadcastChannel, or
+ *   about 4 s of a crash, at once when the leader's page closes). Without BroadcastChannel, or
  *   without both locks and localStorage (or with `share: false`), each instance connects
  *   alone.
  * - MQTT: a minimal MQTT 3.1.1 client (CONNECT, SUBSCRIBE, PUBLISH QoS 0/1 with PUBACK,
@@ -193,6 +193,9 @@
     this._gen = 0;           // bumps on every (re)connect; stale callbacks are ignored
     this._conn = null;
     this._timers = {};
+    // Read answers applied so far: a GET /v1/unread sent before one and answered after it
+    // may predate the read, and is dropped (else a stale count showed until the next).
+    this._reads = 0;
     this._attempt = 0;
     this._failures = {};
     this._autoIndex = 0;
@@ -408,6 +411,7 @@
         }
         break;
       case 'unread': // the answer of a read in another tab
+        this._reads++;
         this._applyUnread(m.data);
         this._emit('unread', this._badgeView());
         break;
@@ -430,7 +434,8 @@
   /**
    * Leader election without Web Locks, which exist in secure contexts only (a plain-http
    * page on a host other than localhost has none): a lease in localStorage that the
-   * leader renews every second. Another tab takes over when it lapses (LEASE_MS), or at
+   * leader renews every second. Another tab takes over when it lapses (LEASE_MS, found
+   * at the next once-a-second check), or at
    * once when the leader's page goes away (it frees the lease and says so). Tabs that
    * claim together each write their own id; the last write wins, read back after the
    * writes have settled. A leader that finds another's lease (its renewals were held back
@@ -723,6 +728,7 @@
   /** Shares a read's answer with this tab and every other one. */
   P._readAnswer = function (answer, what) {
     if (answer && answer.unread) {
+      this._reads++;
       this._applyUnread(answer.unread);
       this._post({ t: 'unread', data: answer.unread });
       this._emit('unread', this._badgeView());
@@ -896,10 +902,11 @@
     // two polls is caught by GET /v1/unread, read at start and every 15 s (ETag: usually
     // a 304).
     var checkUnread = function () {
+      var reads = rd._reads;
       return rd._request('GET', '/v1/unread', undefined, {
         headers: etag ? { 'If-None-Match': etag } : undefined, signal: ctrl.signal, timeout: 10000,
       }).then(function (r) {
-        if (stopped || r.status === 304) return;
+        if (stopped || r.status === 304 || rd._reads !== reads) return;
         etag = r.headers.get('ETag');
         h.event('unread', r.body);
       });
@@ -974,11 +981,14 @@
     };
     var tick = function () {
       if (stopped) return;
+      var reads = rd._reads;
+      var stale = false;
       rd._request('GET', '/v1/unread', undefined, {
         headers: etag ? { 'If-None-Match': etag } : undefined, signal: ctrl.signal, timeout: 15000,
       }).then(function (r) {
         if (stopped) return undefined;
         if (r.status === 304) return undefined;
+        if (rd._reads !== reads) { stale = true; return undefined; } // ask again at once
         etag = r.headers.get('ETag');
         var u = r.body;
         var latest = u.latest_id || 0;
@@ -991,7 +1001,7 @@
           found.forEach(function (n) { h.event('notification', n); });
         });
       }).then(function () {
-        if (!stopped) timer = setTimeout(tick, rd.options.pollInterval);
+        if (!stopped) timer = setTimeout(tick, stale ? 0 : rd.options.pollInterval);
       }, function (e) {
         if (!stopped) h.fail(e && e.status === 401 ? 'unauthorized' : 'error');
       });

@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  launchBrowser, withStack, openDemo, waitState, waitBadge, badgeText, received,
+  launchBrowser, withStack, openDemo, waitState, waitBadge, badgeText, received, sleep,
 } from './harness.mjs';
 
 let browser;
@@ -88,6 +88,54 @@ test('auto starts with SSE', async () => {
       await stack.notify('auto-user', 'After switching');
       await waitBadge(page, '2', 2000);
       assert.equal(new Set(await received(page)).size, 2);
+    } finally {
+      await context.close();
+    }
+  });
+});
+
+// Short polling: a GET /v1/unread sent before a read and answered after it carries the
+// count from before the read. It must not put the read one back on the badge.
+test('poll: an unread count answered after a read does not undo it', async () => {
+  await withStack({}, async (stack) => {
+    const user = 'stale-poll';
+    const context = await browser.newContext();
+    try {
+      await stack.notify(user, 'Read me');
+      const page = await openDemo(context, stack, await stack.token(user), { transport: 'poll', poll_ms: '300' });
+      await waitState(page);
+      await waitBadge(page, '1');
+      await page.evaluate(() => {
+        window.counts = [];
+        window.demo.rd.on('unread', (u) => window.counts.push(u.count));
+      });
+      // A second notification comes; the next poll's answer (count 2) is held ...
+      let release;
+      const released = new Promise((r) => { release = r; });
+      let held;
+      const heldAnswer = new Promise((r) => { held = r; });
+      let second;
+      await page.route(/\/v1\/unread/, async (route) => {
+        second = await stack.notify(user, 'Second');
+        const answer = await route.fetch();
+        held();
+        await released;
+        await route.fulfill({ response: answer });
+      }, { times: 1 });
+      await heldAnswer;
+      // ... mark all read meanwhile (the badge clears) ...
+      await page.evaluate(() => window.demo.rd.markAllRead());
+      await waitBadge(page, '', 1000);
+      await page.evaluate(() => { window.counts = []; });
+      // ... then let the old answer through: the badge stays clear.
+      release();
+      await sleep(1000);
+      const counts = await page.evaluate(() => window.counts);
+      assert.deepEqual(counts.filter((c) => c !== 0), [], `unread counts after the read: ${counts}`);
+      assert.equal(await badgeText(page), '');
+      // The second one is still delivered (read already, by the mark-all).
+      assert.deepEqual(await received(page), [second.id]);
+      assert.deepEqual(page.errors, []);
     } finally {
       await context.close();
     }
