@@ -27,7 +27,7 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
     path = "/api/v1/notifications",
     tag = "producer",
     request_body(content = super::openapi::CreateNotification, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key, ≤ 255 chars, kept 24 h per API key")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key, 1-255 printable ASCII characters (spaces allowed inside), kept 24 h per API key", pattern = "^[!-~]([ -~]{0,253}[!-~])?$")),
     responses(
         (status = 201, description = "stored durably; published by the outbox", body = super::openapi::CreatedResponse),
         (status = 400, description = "invalid input", body = super::openapi::ErrorResponse),

@@ -50,7 +50,8 @@ pub enum Recipients {
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToUsers {
-    /// User ids, `[A-Za-z0-9_.:@-]{1,128}`; duplicates are removed.
+    /// User ids, `[A-Za-z0-9_.:@-]{1,128}`; duplicates are removed (the limit counts
+    /// distinct ids).
     #[schema(min_items = 1, max_items = 10000)]
     pub users: Vec<String>,
 }

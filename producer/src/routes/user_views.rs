@@ -17,12 +17,15 @@ fn user(path: &str) -> Result<UserId, ApiError> {
 }
 
 #[utoipa::path(get, path = "/api/v1/users/{user_id}/notifications", tag = "admin",
-    params(("user_id" = String, Path), ("before" = Option<i64>, Query), ("limit" = Option<u64>, Query),
+    params(("user_id" = String, Path),
+           ("before" = Option<i64>, Query, description = "only ids below this (the previous page's `next_before`)", minimum = 1),
+           ("limit" = Option<u64>, Query, description = "items per page, default 20", minimum = 1, maximum = 100),
            ("unread_only" = Option<bool>, Query), ("kind" = Option<String>, Query)),
     responses(
         (status = 200, description = "the user's inbox, newest first", body = super::openapi::InboxPage),
         (status = 400, description = "invalid user id or query", body = super::openapi::ErrorResponse),
         (status = 401, description = "missing or wrong API key", body = super::openapi::ErrorResponse),
+        (status = 503, description = "the database is unreachable", body = super::openapi::ErrorResponse),
     ),
     security(("api_key" = [])))]
 #[get("/api/v1/users/{user_id}/notifications")]
@@ -43,6 +46,7 @@ pub async fn user_notifications(
         (status = 200, description = "the user's unread count", body = super::openapi::UnreadView),
         (status = 400, description = "invalid user id", body = super::openapi::ErrorResponse),
         (status = 401, description = "missing or wrong API key", body = super::openapi::ErrorResponse),
+        (status = 503, description = "the database is unreachable", body = super::openapi::ErrorResponse),
     ),
     security(("api_key" = [])))]
 #[get("/api/v1/users/{user_id}/unread")]

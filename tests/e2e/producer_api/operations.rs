@@ -162,6 +162,29 @@ async fn the_openapi_limits_are_the_limits_the_api_enforces() -> anyhow::Result<
             answer.json
         );
     }
+
+    let params = &spec["paths"]["/api/v1/users/{user_id}/notifications"]["get"]["parameters"];
+    let page = params
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "limit"))
+        .with_context(|| format!("no limit parameter in {params}"))?;
+    let (min, max) = (
+        limit(&page["schema"], "minimum")?,
+        limit(&page["schema"], "maximum")?,
+    );
+    for (n, accepted) in [(min - 1, false), (min, true), (max, true), (max + 1, false)] {
+        let answer = stack
+            .http
+            .get(
+                stack
+                    .producer
+                    .url(&format!("/api/v1/users/alice/notifications?limit={n}")),
+            )
+            .bearer_auth(API_KEY)
+            .send()
+            .await?;
+        assert_eq!(answer.status().is_success(), accepted, "limit={n}");
+    }
     Ok(())
 }
 
