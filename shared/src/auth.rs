@@ -12,6 +12,10 @@ pub const LEEWAY_SECS: u64 = 30;
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_LEN: usize = 4096;
 
+/// The latest `exp` taken at its word (9999-12-31): a later one, even `i64::MAX`, means
+/// this, so that the gateway's arithmetic in milliseconds cannot overflow.
+pub const MAX_EXP: i64 = 253_402_300_799;
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
@@ -26,7 +30,7 @@ pub struct Claims {
 #[derive(Debug, Clone)]
 pub struct Verified {
     pub user: UserId,
-    /// Unix seconds.
+    /// Unix seconds, at most [`MAX_EXP`].
     pub expires_at: i64,
 }
 
@@ -84,7 +88,7 @@ pub fn verify(secret: &str, token: &str) -> Result<Verified, AuthError> {
     let user = UserId::parse(&data.claims.sub).map_err(|_| AuthError::BadSubject)?;
     Ok(Verified {
         user,
-        expires_at: data.claims.exp,
+        expires_at: data.claims.exp.min(MAX_EXP),
     })
 }
 
@@ -115,6 +119,22 @@ mod tests {
         );
         let (outside, _) = mint(SECRET, &alice, -60)?;
         assert!(matches!(verify(SECRET, &outside), Err(AuthError::Expired)));
+        Ok(())
+    }
+
+    #[test]
+    fn an_exp_past_year_9999_counts_as_year_9999() -> anyhow::Result<()> {
+        let claims = Claims {
+            sub: "alice".into(),
+            exp: i64::MAX,
+            iat: None,
+            nbf: None,
+        };
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &key)?;
+        let v = verify(SECRET, &token)?;
+        assert_eq!(v.expires_at, MAX_EXP);
+        assert!(v.expires_at.checked_mul(1000).is_some());
         Ok(())
     }
 }

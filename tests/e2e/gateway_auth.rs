@@ -264,6 +264,32 @@ async fn a_token_not_yet_valid_within_the_leeway_is_accepted() -> anyhow::Result
     Ok(())
 }
 
+/// A backend that mints "forever" tokens (an `exp` as far as `i64::MAX`): every transport
+/// serves them (the gateway's millisecond arithmetic once overflowed on them).
+#[tokio::test]
+async fn a_token_with_the_largest_exp_opens_sessions_on_every_transport() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let forever = sign(JWT_SECRET, &json!({"sub": "alice", "exp": i64::MAX}));
+    let sent = stack.notify(&to_users(&["alice"], "forever")).await?;
+
+    let mut sse = gw.sse(&Connect::bearer(&forever).after(0)).await?;
+    let event = sse.expect("notification", DELIVERY).await?;
+    assert_eq!(event.notification_id(), Some(sent));
+    let mut ws = gw.ws(&Connect::bearer(&forever).after(0)).await?;
+    let event = ws.expect("notification", DELIVERY).await?;
+    assert_eq!(event.notification_id(), Some(sent));
+    let poll = reqwest::Client::new()
+        .get(gw.url("/v1/poll?cursor=0&timeout=1"))
+        .bearer_auth(&forever)
+        .send()
+        .await?;
+    assert_eq!(poll.status(), StatusCode::OK);
+    let body: Value = poll.json().await?;
+    assert_eq!(body["notifications"][0]["id"], sent, "{body}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_64_kib_token_is_refused_with_a_4xx_and_the_gateway_keeps_serving() -> anyhow::Result<()>
 {
