@@ -107,12 +107,16 @@ impl Application {
         let listener = TcpListener::bind(&settings.gateway_addr)
             .with_context(|| format!("binding REDDOT_GATEWAY_ADDR={}", settings.gateway_addr))?;
         let addr = listener.local_addr()?;
+        let body_timeout = settings.body_timeout;
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .wrap(cors(state.clone()))
                 .wrap(from_fn(cors_errors_as_json))
                 .wrap(DefaultHeaders::new().add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")))
+                .wrap(from_fn(move |req, next| {
+                    http::body_deadline(body_timeout, req, next)
+                }))
                 .wrap(from_fn(http::access_log))
                 .service(transport::sse::sse_stream)
                 .service(transport::ws::ws_stream)

@@ -119,6 +119,7 @@ impl Application {
         let listener = TcpListener::bind(&settings.producer_addr)
             .with_context(|| format!("binding REDDOT_PRODUCER_ADDR={}", settings.producer_addr))?;
         let addr = listener.local_addr()?;
+        let body_timeout = settings.body_timeout;
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -126,6 +127,9 @@ impl Application {
                 // Like the gateway: no answer (JSON errors, /admin, /openapi.json) may be
                 // sniffed into another type by a browser.
                 .wrap(DefaultHeaders::new().add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")))
+                .wrap(from_fn(move |req, next| {
+                    http::body_deadline(body_timeout, req, next)
+                }))
                 .wrap(from_fn(http::access_log))
                 .configure(routes::configure)
                 .default_service(web::to(|req: actix_web::HttpRequest| async move {

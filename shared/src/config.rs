@@ -66,6 +66,9 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// `REDDOT_BODY_TIMEOUT_SECS` (default 30, 0 = none): how long a request body may
+    /// take to arrive, whole.
+    pub body_timeout: Duration,
     pub db_max_connections: u32,
     /// How often a relay that is not the leader looks for an expired lease, and how often
     /// the leader looks at the outbox without being woken (rows written by other producers).
@@ -117,6 +120,7 @@ pub const ENV_VARS: &[&str] = &[
     "REDDOT_DEV",
     "REDDOT_LOG_FORMAT",
     "REDDOT_MAX_BODY_BYTES",
+    "REDDOT_BODY_TIMEOUT_SECS",
     "REDDOT_DB_MAX_CONNECTIONS",
     "REDDOT_RELAY_POLL_MS",
     "REDDOT_RETENTION_AFTER_EXPIRY_SECS",
@@ -252,6 +256,7 @@ impl Settings {
             dev,
             log_format,
             max_body_bytes: number(&get, "REDDOT_MAX_BODY_BYTES", 4 * 1024 * 1024)?,
+            body_timeout: Duration::from_secs(number(&get, "REDDOT_BODY_TIMEOUT_SECS", 30)?),
             relay_poll: Duration::from_millis(number(&get, "REDDOT_RELAY_POLL_MS", 200)?),
             retention_after_expiry: Duration::from_secs(number(
                 &get,

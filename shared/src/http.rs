@@ -1,7 +1,9 @@
 //! HTTP pieces both services mount: JSON body reading with clear 4xx errors, the JSON
 //! 404/405 fallbacks and the security headers.
 
-use actix_web::{HttpRequest, HttpResponse, http::header, web};
+use std::future::Future;
+
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, http::header, web};
 use futures_util::StreamExt;
 use serde_json::Value;
 
@@ -154,6 +156,60 @@ pub async fn access_log(
         tracing::info!(%method, %path, status, ms, "request");
     }
     Ok(res)
+}
+
+/// Cuts off a request body that has not all arrived within `timeout` (zero: never). The HTTP
+/// server times out a request's head, not its body: a client declaring a body and
+/// sending a byte a second held a connection, and a file descriptor, for hours (an
+/// audit emptied a gateway's descriptors that way through the unauthenticated MQTT
+/// auth endpoints). The handler sees a read error and answers 400. WebSocket upgrades
+/// are left alone: their "body" is the socket.
+pub async fn body_deadline(
+    timeout: std::time::Duration,
+    mut req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let headers = req.headers();
+    let has_body = headers.contains_key(header::CONTENT_LENGTH)
+        || headers.contains_key(header::TRANSFER_ENCODING);
+    if has_body && !headers.contains_key(header::UPGRADE) && !timeout.is_zero() {
+        let body = Deadline {
+            body: req.take_payload(),
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        };
+        let body: std::pin::Pin<Box<dyn futures_util::Stream<Item = _>>> = Box::pin(body);
+        req.set_payload(actix_web::dev::Payload::from(body));
+    }
+    next.call(req).await
+}
+
+/// A request body that fails once its deadline passes.
+struct Deadline {
+    body: actix_web::dev::Payload,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl futures_util::Stream for Deadline {
+    type Item = Result<web::Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if let Poll::Ready(item) = self.body.poll_next_unpin(cx) {
+            return Poll::Ready(item);
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the request body did not arrive in time",
+                ),
+            )))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// `reddot-* healthcheck`: asks the service listening on `addr` (a `0.0.0.0` address is

@@ -1,11 +1,14 @@
 //! What browsers are told: CORS only for the allowed origins (and never by the producer,
 //! which backends call), and the security headers of every HTML page: CSP,
 //! `nosniff`, `Referrer-Policy`, and framing denied except for the iframe transport,
-//! which only the allowed origin may frame; and a known path asked with the wrong method
-//! answers 405 with `Allow`.
+//! which only the allowed origin may frame; a known path asked with the wrong method
+//! answers 405 with `Allow`; and a body trickled in cannot hold a connection.
 
-use reddot_tests::{Backend, ORIGIN, Stack, gateway::Gateway};
+use std::time::{Duration, Instant};
+
+use reddot_tests::{Backend, ORIGIN, Service, ServiceKind, Stack, gateway::Gateway};
 use reqwest::{Method, StatusCode, header};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const EVIL: &str = "http://evil.test";
 
@@ -206,6 +209,84 @@ async fn a_wrong_method_answers_405_with_allow_and_an_unknown_path_404() -> anyh
                 assert_eq!(body["error"]["code"], "not_found", "{body}");
             }
         }
+    }
+    Ok(())
+}
+
+/// Sends `head` (declaring a 1,000-byte body), then one body byte every 200 ms; returns
+/// what the server wrote until it closed the connection, and when it closed it.
+async fn trickle(port: u16, head: &str) -> anyhow::Result<(String, Duration)> {
+    let started = Instant::now();
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let (mut read, mut write) = stream.into_split();
+    write.write_all(head.as_bytes()).await?;
+    let writer = tokio::spawn(async move {
+        for _ in 0..1000 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if write.write_all(b"a").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let read_all = read.read_to_end(&mut answer);
+    let closed = tokio::time::timeout(Duration::from_secs(20), read_all).await;
+    writer.abort();
+    anyhow::ensure!(closed.is_ok(), "the connection was still open after 20 s");
+    Ok((
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    ))
+}
+
+/// A client that declares a body and sends a byte now and then (slowloris) is refused
+/// and disconnected once REDDOT_BODY_TIMEOUT_SECS pass, on both services; the
+/// gateway's MQTT auth endpoints need no credential, so anyone could otherwise hold
+/// its connections for hours.
+#[tokio::test]
+async fn a_body_that_trickles_in_is_cut_off_at_the_body_timeout() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let env = stack.env().with("REDDOT_BODY_TIMEOUT_SECS", "2");
+    let gw = Gateway::start_with("node-a", env.clone()).await?;
+    let producer = Service::start(ServiceKind::Producer, &env).await?;
+    let token = stack.token("alice").await?;
+    let heads = [
+        (
+            gw.port(),
+            "POST /mqtt/auth/user HTTP/1.1\r\nHost: x\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n"
+                .to_owned(),
+        ),
+        (
+            gw.port(),
+            format!(
+                "POST /v1/notifications/read HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            ),
+        ),
+        (
+            producer.port,
+            format!(
+                "POST /api/v1/notifications HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+                reddot_tests::API_KEY
+            ),
+        ),
+    ];
+    for (port, head) in heads {
+        let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+        let (answer, after) = trickle(port, &head).await?;
+        // RabbitMQ's auth backend wants 200 with "allow" or "deny"; the API a 400.
+        let refused = if path.starts_with("/mqtt/") {
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("deny")
+        } else {
+            answer.starts_with("HTTP/1.1 400")
+        };
+        assert!(refused, "{path}: {answer}");
+        assert!(
+            after >= Duration::from_millis(1900) && after < Duration::from_secs(10),
+            "{path}: closed after {after:?}"
+        );
     }
     Ok(())
 }
