@@ -1,4 +1,5 @@
-//! A TCP proxy the test can cut and restore, or pause and resume: stands between a
+//! A TCP proxy the test can cut and restore, pause and resume, or make a black hole:
+//! stands between a
 //! service and RabbitMQ (or PostgreSQL) to simulate the dependency going away, or
 //! stalling, without touching the shared server.
 
@@ -19,6 +20,7 @@ use tokio::{
 pub struct Proxy {
     pub addr: String,
     up: Arc<AtomicBool>,
+    sinking: Arc<AtomicBool>,
     /// Connections accepted so far, refused ones included.
     attempts: Arc<AtomicU64>,
     cut: watch::Sender<u64>,
@@ -30,6 +32,8 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let up = Arc::new(AtomicBool::new(true));
+        let sinking = Arc::new(AtomicBool::new(false));
+        let sink = sinking.clone();
         let (cut, cuts) = watch::channel(0u64);
         let (paused, pauses) = watch::channel(false);
         let target = target.to_owned();
@@ -39,6 +43,15 @@ impl Proxy {
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
+                if sink.load(Ordering::SeqCst) {
+                    // Held open and never answered, until the client gives up.
+                    tokio::spawn(async move {
+                        let mut inbound = inbound;
+                        let mut buf = [0u8; 4096];
+                        while matches!(inbound.read(&mut buf).await, Ok(n) if n > 0) {}
+                    });
+                    continue;
+                }
                 if !accepting.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
@@ -66,6 +79,7 @@ impl Proxy {
         Ok(Self {
             addr,
             up,
+            sinking,
             attempts,
             cut,
             paused,
@@ -83,9 +97,16 @@ impl Proxy {
         self.attempts.load(Ordering::SeqCst)
     }
 
-    /// Accepts connections again.
+    /// Accepts connections again, and passes them on.
     pub fn restore(&self) {
+        self.sinking.store(false, Ordering::SeqCst);
         self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Accepts new connections but never answers them (a hung endpoint); they stay so
+    /// after [`Proxy::restore`], until their client closes them.
+    pub fn sink(&self) {
+        self.sinking.store(true, Ordering::SeqCst);
     }
 
     /// Holds every byte in both directions, keeping the connections open.

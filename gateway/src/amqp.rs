@@ -72,9 +72,14 @@ impl Consumer {
         ever_connected: &mut bool,
         backoff: &mut Backoff,
     ) -> anyhow::Result<()> {
-        let conn = Connection::connect(&self.url, ConnectionProperties::default())
-            .await
-            .context("connecting")?;
+        let connect = tokio::time::timeout(
+            amqp::CONNECT_TIMEOUT,
+            Connection::connect(&self.url, ConnectionProperties::default()),
+        );
+        let conn = tokio::select! {
+            conn = connect => conn.context("connecting timed out")?.context("connecting")?,
+            () = shutdown.cancelled() => return Ok(()),
+        };
         let channel = conn.create_channel().await.context("opening a channel")?;
         amqp::declare_exchanges(&channel)
             .await

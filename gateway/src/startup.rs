@@ -65,7 +65,7 @@ impl Application {
         let boot_id = uuid::Uuid::new_v4().simple().to_string();
         let amqp_connected = Arc::new(AtomicBool::new(false));
         let consumer = Consumer {
-            url: settings.amqp_url.clone(),
+            url: amqp::with_default_heartbeat(&settings.amqp_url),
             queue: amqp::node_queue_name(&settings.node_id, &boot_id[..12]),
             hub: hub.clone(),
             binds: bind_rx,

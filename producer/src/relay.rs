@@ -79,8 +79,23 @@ pub struct Relay {
 }
 
 struct Link {
-    _conn: deadpool_lapin::Connection,
+    conn: deadpool_lapin::Connection,
     channel: lapin::Channel,
+}
+
+impl Link {
+    /// Closes the connection instead of handing it back to the pool: after a failed
+    /// batch it may be half-open (still "connected" to the pool, which would hand it
+    /// out again: every retry then timed out on a fresh channel of the dead connection).
+    fn discard(link: &mut Option<Link>) {
+        if let Some(Link { conn, .. }) = link.take() {
+            let conn = deadpool_lapin::Object::take(conn);
+            tokio::spawn(async move {
+                let close = conn.close(200, "relay batch failed".into());
+                let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+            });
+        }
+    }
 }
 
 /// A published batch: its rows are deleted once every confirm is in.
@@ -215,9 +230,9 @@ impl Relay {
             let failed_generation = failed.load(Ordering::Acquire);
             if failed_generation > generation {
                 // A batch was not confirmed or its rows not deleted: publish again from
-                // the oldest row left, on a fresh channel.
+                // the oldest row left, on a fresh connection.
                 self.amqp_ok.store(false, Ordering::Relaxed);
-                link = None;
+                Link::discard(&mut link);
                 (cursor, generation) = (0, failed_generation);
                 if flush_until.is_some() {
                     break;
@@ -288,7 +303,7 @@ impl Relay {
                 }
                 Err(err) => {
                     self.amqp_ok.store(false, Ordering::Relaxed);
-                    link = None;
+                    Link::discard(&mut link);
                     (cursor, generation) = (0, generation + 1);
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64, "publish failed; will retry");
@@ -413,10 +428,7 @@ impl Relay {
             .await
             .context("routing broadcasts to amq.topic for MQTT")?;
         tracing::info!(mqtt = self.mqtt, "relay connected to RabbitMQ");
-        Ok(Link {
-            _conn: conn,
-            channel,
-        })
+        Ok(Link { conn, channel })
     }
 }
 

@@ -133,11 +133,33 @@ pub fn vhost_of(url: &str) -> Result<String, String> {
     url.parse::<AMQPUri>().map(|uri| uri.vhost)
 }
 
+/// The AMQP heartbeat asked for when the URL names none (seconds). RabbitMQ proposes
+/// 60 and lapin gives up after two silent intervals: a connection that stalls without
+/// an error (a half-open TCP connection, a hung proxy) held delivery for two minutes
+/// while everything looked connected. With 10 it is noticed within 20 s.
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+
+/// How long opening a connection (TCP, TLS, the AMQP handshake) may take: before the
+/// handshake there are no heartbeats, and an endpoint that accepts and never answers
+/// held a connection attempt forever.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `url` with `heartbeat=` [`DEFAULT_HEARTBEAT_SECS`] added unless it sets one.
+pub fn with_default_heartbeat(url: &str) -> String {
+    match url.parse::<AMQPUri>() {
+        Ok(uri) if uri.query.heartbeat.is_none() => {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}heartbeat={DEFAULT_HEARTBEAT_SECS}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// The connection pool (no automatic recovery: the pool replaces dead connections on
 /// the next `get`, and recovering connections would leak when the pool drops them).
 pub fn create_pool(url: &str) -> Result<deadpool_lapin::Pool, deadpool_lapin::CreatePoolError> {
     let config = deadpool_lapin::Config {
-        url: Some(url.to_owned()),
+        url: Some(with_default_heartbeat(url)),
         pool: Some(deadpool_lapin::PoolConfig::new(4)),
     };
     config.create_pool(
@@ -461,6 +483,28 @@ mod tests {
         assert_eq!(vhost("amqp://guest:guest@127.0.0.1:5672")?, "/");
         assert_eq!(vhost("amqp://u:p@rabbit/reddot-test-1")?, "reddot-test-1");
         assert!(vhost("not a url").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_heartbeat_is_asked_for_unless_the_url_sets_one() -> anyhow::Result<()> {
+        let heartbeat = |url: &str| -> anyhow::Result<Option<u16>> {
+            let uri = with_default_heartbeat(url)
+                .parse::<AMQPUri>()
+                .map_err(anyhow::Error::msg)?;
+            Ok(uri.query.heartbeat)
+        };
+        assert_eq!(
+            heartbeat("amqp://g:g@h:5672/%2f")?,
+            Some(DEFAULT_HEARTBEAT_SECS)
+        );
+        assert_eq!(
+            heartbeat("amqp://g:g@h/v?frame_max=8192")?,
+            Some(DEFAULT_HEARTBEAT_SECS)
+        );
+        assert_eq!(heartbeat("amqp://g:g@h/v?heartbeat=30")?, Some(30));
+        assert_eq!(heartbeat("amqp://g:g@h/v?heartbeat=0")?, Some(0));
+        assert_eq!(with_default_heartbeat("not a url"), "not a url");
         Ok(())
     }
 

@@ -190,6 +190,51 @@ async fn a_session_opened_without_a_cursor_is_not_sent_older_notifications_after
     Ok(())
 }
 
+/// RabbitMQ's address answers nothing while the gateway reconnects (a hung endpoint,
+/// which accepts the connection and never speaks): the attempt times out, and the next
+/// one, once the broker is back, reconnects and catches the session up. Without a
+/// timeout the node stayed "reconnecting" for good, heartbeating its sessions with
+/// nothing.
+#[tokio::test]
+async fn a_reconnect_that_reaches_a_hung_endpoint_gives_up_and_tries_again() -> anyhow::Result<()> {
+    let proxy = Proxy::start(&amqp_addr()).await?;
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start_with(
+        "node-a",
+        Env::new(&stack.db.url, &stack.vhost.url_via(&proxy.addr)),
+    )
+    .await?;
+    gw.readyz_until(DELIVERY, "consuming from RabbitMQ", |r| {
+        r["rabbitmq"] == "ok"
+    })
+    .await?;
+    let mut erin = gw
+        .sse(&Connect::bearer(&stack.token("erin").await?))
+        .await?;
+    erin.expect("unread", DELIVERY).await?;
+
+    proxy.sink();
+    proxy.cut();
+    let hung_from = proxy.attempts();
+    eventually(
+        DELIVERY,
+        "a reconnect attempt into the black hole",
+        || async { Ok((proxy.attempts() > hung_from).then_some(())) },
+    )
+    .await?;
+    let during = stack.notify(&to_users(&["erin"], "during")).await?;
+    proxy.restore();
+
+    // Within the connect timeout (10 s) and a backoff step: caught up, then live.
+    let event = erin.expect("notification", Duration::from_secs(30)).await?;
+    assert_eq!(event.notification_id(), Some(during));
+    erin.expect("unread", DELIVERY).await?;
+    let after = stack.notify(&to_users(&["erin"], "after")).await?;
+    let event = erin.expect("notification", DELIVERY).await?;
+    assert_eq!(event.notification_id(), Some(after));
+    Ok(())
+}
+
 #[tokio::test]
 async fn clients_of_a_killed_node_resume_on_the_other_node_and_miss_nothing() -> anyhow::Result<()>
 {
