@@ -242,10 +242,12 @@ impl Relay {
             }
 
             let read_started = Instant::now();
-            let pending = match outbox::pending(&self.db, cursor, BATCH, now_ms(), |ids| {
+            let read = outbox::pending(&self.db, cursor, BATCH, now_ms(), |ids| {
                 self.handoff.take(ids)
-            })
-            .await
+            });
+            let pending = match tokio::time::timeout(crate::writer::STATEMENT_TIMEOUT, read)
+                .await
+                .unwrap_or(Err(reddot_shared::store::StoreError::Timeout))
             {
                 Ok(p) => p,
                 Err(err) => {

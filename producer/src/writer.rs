@@ -35,6 +35,10 @@ const MAX_BATCH_RECIPIENTS: usize = 50_000;
 const PUBLISHED_QUEUE: usize = 16;
 /// How long deletes wait for requests to share their commit.
 const DELETE_LINGER: Duration = Duration::from_millis(20);
+/// How long one batch's transaction, or one relay read, may take. A database connection
+/// that stalls without an error (a hung proxy, a half-open TCP connection) held every
+/// request, and the outbox, for minutes; now they get 503 and the relay retries.
+pub(crate) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
 
 type Done = oneshot::Sender<Result<Outcome, StoreError>>;
 
@@ -195,7 +199,12 @@ impl WriterTask {
             ..
         } = batch;
         let started = std::time::Instant::now();
-        let committed = commit_batch(&self.db, &requests, &published).await;
+        let committed = tokio::time::timeout(
+            STATEMENT_TIMEOUT,
+            commit_batch(&self.db, &requests, &published),
+        )
+        .await
+        .unwrap_or(Err(StoreError::Timeout));
         tracing::debug!(
             requests = requests.len(),
             deletes = published.len(),

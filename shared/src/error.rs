@@ -76,7 +76,9 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyReused => "use a new Idempotency-Key for a different request",
             ErrorCode::RequestInProgress => "retry after a moment with the same Idempotency-Key",
             ErrorCode::TooManyRequests => "slow down and retry later",
-            ErrorCode::DatabaseUnavailable => "retry later; nothing was stored",
+            ErrorCode::DatabaseUnavailable => {
+                "retry later; a write cut short may have been stored, so retry it with the same Idempotency-Key"
+            }
             ErrorCode::Internal => "retry later; report it if it persists",
         }
     }

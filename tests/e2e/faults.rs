@@ -231,6 +231,96 @@ async fn while_postgres_is_unreachable_posts_get_503_and_nothing_is_stored_until
     Ok(())
 }
 
+/// PostgreSQL's connections stall without an error (a hung proxy, a half-open TCP
+/// connection): a post is answered 503 within the writer's statement timeout instead of
+/// waiting as long as the stall (minutes, in an audit), and posting works once the
+/// connections flow again.
+#[tokio::test]
+async fn while_postgres_stalls_silently_posts_get_503_in_time_and_work_after() -> anyhow::Result<()>
+{
+    let admin = pg_admin_url();
+    let proxy = Proxy::start(host_port(&admin)).await?;
+    let stack = stack_with(Backend::Postgres, |db, vhost| {
+        let proxied = db.url.replacen(host_port(&db.url), &proxy.addr, 1);
+        Env::new(&proxied, &vhost.url())
+    })
+    .await?;
+    stack.notify(&for_alice("before the stall")).await?;
+
+    // Keep the writer inside a transaction (posts of 3,000 recipients back to back), so
+    // the stall catches a statement in flight, not an idle connection (which the pool's
+    // check before handing it out already times out).
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let big = json!({"to": {"users": (0..3000).map(|i| format!("u{i}")).collect::<Vec<_>>()}, "title": "big"});
+    let posters: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, url, busy, big) = (
+                stack.http.clone(),
+                stack.producer.url("/api/v1/notifications"),
+                busy.clone(),
+                big.clone(),
+            );
+            tokio::spawn(async move {
+                while busy.load(std::sync::atomic::Ordering::SeqCst) {
+                    let post = http
+                        .post(&url)
+                        .bearer_auth(reddot_tests::API_KEY)
+                        .json(&big);
+                    let _ = post.timeout(Duration::from_secs(60)).send().await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    proxy.pause();
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(40),
+        post_json(
+            &stack,
+            "/api/v1/notifications",
+            Some(reddot_tests::API_KEY),
+            &for_alice("during the stall"),
+            None,
+        ),
+    )
+    .await;
+    let waited = started.elapsed();
+    busy.store(false, std::sync::atomic::Ordering::SeqCst);
+    proxy.resume();
+    let answer = answer.map_err(|_| anyhow::anyhow!("no answer within 40 s"))??;
+    for poster in posters {
+        poster.await?;
+    }
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.json
+    );
+    assert_eq!(answer.code(), "database_unavailable");
+    assert!(
+        waited < Duration::from_secs(25),
+        "answered after {waited:?}"
+    );
+
+    let after = eventually(Duration::from_secs(30), "a POST succeeds again", || async {
+        let answer = post_json(
+            &stack,
+            "/api/v1/notifications",
+            Some(reddot_tests::API_KEY),
+            &for_alice("after the stall"),
+            None,
+        )
+        .await?;
+        Ok((answer.status == StatusCode::CREATED).then_some(answer))
+    })
+    .await?;
+    assert!(after.json["id"].as_i64().is_some(), "{}", after.json);
+    Ok(())
+}
+
 async fn sigterm_during_steady_posting_publishes_every_acknowledged_notification_and_exits_0(
     backend: Backend,
 ) -> anyhow::Result<()> {
