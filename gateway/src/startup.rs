@@ -113,7 +113,13 @@ impl Application {
                 .app_data(state.clone())
                 .wrap(cors(state.clone()))
                 .wrap(from_fn(cors_errors_as_json))
-                .wrap(DefaultHeaders::new().add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")))
+                .wrap(
+                    // Responses hold a user's inbox or state: no cache keeps them
+                    // unless a route says otherwise (/reddot.js, the polls' ETags).
+                    DefaultHeaders::new()
+                        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                        .add((header::CACHE_CONTROL, "no-store")),
+                )
                 .wrap(from_fn(move |req, next| {
                     http::body_deadline(body_timeout, req, next)
                 }))

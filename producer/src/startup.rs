@@ -126,7 +126,13 @@ impl Application {
                 .app_data(keys.clone())
                 // Like the gateway: no answer (JSON errors, /admin, /openapi.json) may be
                 // sniffed into another type by a browser.
-                .wrap(DefaultHeaders::new().add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")))
+                .wrap(
+                    // Responses hold a user's inbox or state: no cache keeps them
+                    // unless a route says otherwise (/reddot.js, the polls' ETags).
+                    DefaultHeaders::new()
+                        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                        .add((header::CACHE_CONTROL, "no-store")),
+                )
                 .wrap(from_fn(move |req, next| {
                     http::body_deadline(body_timeout, req, next)
                 }))

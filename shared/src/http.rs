@@ -125,23 +125,53 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
         .map(|(_, credential)| credential.trim())
 }
 
-/// Compares secrets in time that does not depend on where they differ.
+/// Compares secrets in time that depends neither on where they differ nor on their
+/// lengths (it compares their SHA-256 digests).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
-/// Access log and request counter. Logs the path without its query string: tokens
-/// travel in query strings (`?access_token=`) and must never reach a log.
+/// The part of a request path fit for a log: tokens travel in query strings
+/// (`?access_token=`) and must never reach a log, so the path is cut where a query
+/// would start even when the client encoded it (`%3F`) or used `;`, and long paths are
+/// cut short.
+fn loggable_path(path: &str) -> String {
+    const MAX: usize = 200;
+    let lower = path.to_ascii_lowercase();
+    let end = [lower.find("%3f"), lower.find(';'), lower.find('?')]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(path.len());
+    let mut kept = &path[..end];
+    if kept.len() > MAX {
+        let mut cut = MAX;
+        while !kept.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        kept = &kept[..cut];
+    }
+    if kept.len() < path.len() {
+        format!("{kept}…")
+    } else {
+        kept.to_owned()
+    }
+}
+
+/// Access log and request counter. Logs the path without its query string (see
+/// [`loggable_path`]).
 pub async fn access_log(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     let started = std::time::Instant::now();
     let method = req.method().to_string();
-    let path = req.path().to_owned();
+    let path = loggable_path(req.path());
     let res = next.call(req).await?;
     let status = res.status().as_u16();
     let route = res
@@ -268,6 +298,27 @@ mod tests {
             "'sha256-bhHHL3z2vDgxUt0W3dWQOrprscmda2Y5pLsLg4GF+pI='"
         );
         assert_eq!(inline_hashes("<p>", "<style>", "</style>"), "'none'");
+    }
+
+    #[test]
+    fn logged_paths_stop_where_a_query_could_start() {
+        assert_eq!(loggable_path("/v1/stream"), "/v1/stream");
+        assert_eq!(
+            loggable_path("/v1%2Fstream%3Faccess_token=eyJ.x.y"),
+            "/v1%2Fstream…"
+        );
+        assert_eq!(loggable_path("/v1/stream%3faccess_token=t"), "/v1/stream…");
+        assert_eq!(loggable_path("/v1/stream;access_token=t"), "/v1/stream…");
+        let long = format!("/{}", "é".repeat(300));
+        assert!(loggable_path(&long).len() <= 200 + "…".len());
+    }
+
+    #[test]
+    fn secrets_compare_by_content_whatever_their_lengths() {
+        assert!(constant_time_eq(b"key-1", b"key-1"));
+        assert!(!constant_time_eq(b"key-1", b"key-2"));
+        assert!(!constant_time_eq(b"key-1", b"key-10"));
+        assert!(!constant_time_eq(b"", b"k"));
     }
 
     #[test]

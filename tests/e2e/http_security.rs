@@ -290,3 +290,48 @@ async fn a_body_that_trickles_in_is_cut_off_at_the_body_timeout() -> anyhow::Res
     }
     Ok(())
 }
+
+/// No token reaches the gateway's log, however the client spells its query (a raw `?`,
+/// an encoded `%3F`, a `;`), and inbox answers are not to be cached.
+#[tokio::test]
+async fn tokens_never_reach_the_log_and_inbox_answers_are_not_cached() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let token = stack.token("alice").await?;
+    let signature = token.rsplit('.').next().unwrap_or_default().to_owned();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    for path in [
+        format!("/v1/notifications?access_token={token}"),
+        format!("/v1%2Fnotifications%3Faccess_token={token}"),
+        format!("/v1/notifications%3faccess_token={token}"),
+        format!("/v1/notifications;access_token={token}"),
+        format!("/v1/notifications/1%3Faccess_token={token}"),
+    ] {
+        let res = http.get(gw.url(&path)).send().await?;
+        assert!(res.status().as_u16() < 500, "{path}: {}", res.status());
+    }
+    let inbox = http
+        .get(gw.url("/v1/notifications"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(inbox.status(), StatusCode::OK);
+    assert_eq!(
+        header_of(&inbox, header::CACHE_CONTROL).as_deref(),
+        Some("no-store")
+    );
+    // The access log line of the last request is written once it is answered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = gw.logs();
+    assert!(
+        logs.contains("/v1/notifications"),
+        "the requests are logged"
+    );
+    assert!(
+        !logs.contains(&signature),
+        "a token reached the log:\n{logs}"
+    );
+    Ok(())
+}
