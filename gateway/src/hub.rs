@@ -88,8 +88,17 @@ pub enum JoinError {
     NodeStopping,
 }
 
+/// One session of a user, in joining order.
+struct Entry {
+    id: u64,
+    tx: flume::Sender<HubMsg>,
+    /// A held long poll: it yields its place to a newcomer when the user is at her
+    /// limit (see [`Hub::join_long_poll`]).
+    held_poll: bool,
+}
+
 struct Slot {
-    sessions: Vec<(u64, flume::Sender<HubMsg>)>,
+    sessions: Vec<Entry>,
     binding: Arc<Binding>,
     /// When the last session left; the binding goes `unbind_delay` later unless a
     /// session comes back first.
@@ -162,6 +171,28 @@ impl Hub {
 
     /// Adds a session for `user` with a queue of `buffer` messages.
     pub fn join(self: &Arc<Self>, user: &UserId, buffer: usize) -> Result<Membership, JoinError> {
+        self.join_as(user, buffer, false)
+    }
+
+    /// Adds a held long poll. The server cannot tell that a long poll's client went
+    /// away until it answers (up to 60 s later), so abandoned polls (a reloaded page,
+    /// a client with a short timeout) filled the user's sessions and turned her away
+    /// on every transport. At the limit, the oldest held poll is answered (`204`: its
+    /// client, if still there, asks again) to make room for any newcomer.
+    pub fn join_long_poll(
+        self: &Arc<Self>,
+        user: &UserId,
+        buffer: usize,
+    ) -> Result<Membership, JoinError> {
+        self.join_as(user, buffer, true)
+    }
+
+    fn join_as(
+        self: &Arc<Self>,
+        user: &UserId,
+        buffer: usize,
+        held_poll: bool,
+    ) -> Result<Membership, JoinError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(JoinError::NodeStopping);
         }
@@ -177,7 +208,12 @@ impl Hub {
         let slot = match shard.get_mut(user.as_str()) {
             Some(slot) => {
                 if slot.sessions.len() >= self.max_sessions_per_user {
-                    return Err(JoinError::TooManySessions);
+                    let Some(oldest) = slot.sessions.iter().position(|e| e.held_poll) else {
+                        return Err(JoinError::TooManySessions);
+                    };
+                    // Its membership's leave() then finds it gone and counts nothing.
+                    let _ = slot.sessions.remove(oldest).tx.try_send(HubMsg::Close);
+                    self.sessions.fetch_sub(1, Ordering::Relaxed);
                 }
                 if slot.empty_since.take().is_some() {
                     self.users.fetch_add(1, Ordering::Relaxed);
@@ -200,7 +236,7 @@ impl Hub {
                 })
             }
         };
-        slot.sessions.push((id, tx));
+        slot.sessions.push(Entry { id, tx, held_poll });
         let binding = slot.binding.clone();
         self.sessions.fetch_add(1, Ordering::Relaxed);
         drop(shard);
@@ -219,7 +255,7 @@ impl Hub {
             return;
         };
         let before = slot.sessions.len();
-        slot.sessions.retain(|(sid, _)| *sid != id);
+        slot.sessions.retain(|e| e.id != id);
         if slot.sessions.len() < before {
             self.sessions.fetch_sub(1, Ordering::Relaxed);
         }
@@ -304,9 +340,9 @@ impl Hub {
         for shard in &self.shards {
             let mut shard = Self::lock(shard);
             for slot in shard.values_mut() {
-                for (_, tx) in slot.sessions.drain(..) {
+                for entry in slot.sessions.drain(..) {
                     // A full queue needs no message: dropping its sender ends it too.
-                    let _ = tx.try_send(HubMsg::Close);
+                    let _ = entry.tx.try_send(HubMsg::Close);
                     self.sessions.fetch_sub(1, Ordering::Relaxed);
                 }
             }
@@ -318,8 +354,7 @@ impl Hub {
     /// reader that stalls can never make the node buffer without bound.
     fn send_all(&self, slot: &mut Slot, msg: &HubMsg) {
         let before = slot.sessions.len();
-        slot.sessions
-            .retain(|(_, tx)| tx.try_send(msg.clone()).is_ok());
+        slot.sessions.retain(|e| e.tx.try_send(msg.clone()).is_ok());
         let dropped = before - slot.sessions.len();
         if dropped > 0 {
             self.sessions.fetch_sub(dropped, Ordering::Relaxed);

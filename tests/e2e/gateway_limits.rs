@@ -1,6 +1,7 @@
 //! The per-IP connect rate limit: past the burst, new streaming connections from one
 //! address get a JSON 429 with `Retry-After` on every streaming transport, other
-//! addresses and the other endpoints are unaffected, and waiting restores access.
+//! addresses and the other endpoints are unaffected, and waiting restores access. The
+//! per-user session limit: streams past it are refused, held long polls make room.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -133,5 +134,77 @@ async fn with_the_limit_off_one_address_opens_more_connections_than_any_burst() 
         assert_eq!(res.status(), StatusCode::OK, "connection {n}");
         open.push(res);
     }
+    Ok(())
+}
+
+/// At REDDOT_MAX_SESSIONS_PER_USER, another stream is refused (429); but held long
+/// polls, which the gateway cannot see abandoned until they are answered, make room:
+/// the oldest is answered 204 and the newcomer gets in. Before, a few abandoned polls
+/// locked the user out of every transport for up to 60 s.
+#[tokio::test]
+async fn at_the_per_user_limit_streams_are_refused_and_held_long_polls_make_room()
+-> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    // (a 1 s heartbeat: dropped streams are noticed at their next write)
+    let env = stack
+        .env()
+        .with("REDDOT_MAX_SESSIONS_PER_USER", "2")
+        .with("REDDOT_HEARTBEAT_SECS", "1");
+    let gw = Gateway::start_with("node-a", env).await?;
+    let token = stack.token("alice").await?;
+    let http = reqwest::Client::new();
+    let stream = gw.url(&format!("/v1/stream?access_token={token}"));
+    let poll = gw.url(&format!("/v1/poll?timeout=60&access_token={token}"));
+
+    // Two streams: a third session of any kind is refused.
+    let streams = [
+        http.get(&stream).send().await?,
+        http.get(&stream).send().await?,
+    ];
+    for s in &streams {
+        assert_eq!(s.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        http.get(&stream).send().await?.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        http.get(&poll).send().await?.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    drop(streams);
+    // The hub's sessions, long polls included.
+    let sessions = || async { anyhow::Ok(gw.readyz().await?["sessions"].as_f64()) };
+    let until_sessions = |n: f64| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sessions().await? != Some(n) {
+            anyhow::ensure!(Instant::now() < deadline, "never {n} sessions");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(())
+    };
+    until_sessions(0.0).await?;
+
+    // Two held polls (their clients have gone, as far as anyone can tell) ...
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(http.get(&poll).send()))
+        .collect();
+    until_sessions(2.0).await?;
+    // ... yield to a new stream: the oldest poll is answered 204 at once.
+    let started = Instant::now();
+    let newcomer = http.get(&stream).send().await?;
+    assert_eq!(newcomer.status(), StatusCode::OK);
+    let mut answered = Vec::new();
+    for h in held {
+        if let Ok(Ok(res)) = tokio::time::timeout(Duration::from_secs(5), h).await {
+            answered.push(res?.status());
+        }
+    }
+    assert_eq!(
+        answered,
+        vec![StatusCode::NO_CONTENT],
+        "the oldest poll only"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
     Ok(())
 }

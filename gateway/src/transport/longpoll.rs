@@ -51,7 +51,7 @@ pub async fn poll(
     .min(MAX_TIMEOUT_SECS as f64);
     let ctx = &state.sessions;
     // Join (and so bind) before reading: anything committed after the read wakes us.
-    let membership = ctx.hub.join(&auth.user, 16).map_err(|e| {
+    let membership = ctx.hub.join_long_poll(&auth.user, 16).map_err(|e| {
         ApiError::new(
             reddot_shared::error::ErrorCode::TooManyRequests,
             e.to_string(),
