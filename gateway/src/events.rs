@@ -37,8 +37,11 @@ pub enum Event {
         json: Arc<str>,
     },
     Unread(Unread),
-    /// A resume could not be served (too much missed): reload the inbox.
-    Reset,
+    /// A resume could not be served (too much missed): reload the inbox. `latest` is
+    /// the newest visible id, where the session goes on from.
+    Reset {
+        latest: i64,
+    },
     /// The token's `exp` passed; the session ends after this.
     TokenExpired,
     /// Nothing to send; the transport keeps the connection alive.
@@ -84,7 +87,11 @@ impl Event {
                 frame
             }
             Event::Unread(u) => format!("event: unread\ndata: {}\n\n", json!(u)),
-            Event::Reset => "event: reset\ndata: {\"reason\":\"gap_too_large\"}\n\n".into(),
+            // With the id the session went on from: a client reconnecting before the
+            // next notification resumes there, not before the gap (another reset).
+            Event::Reset { latest } => {
+                format!("event: reset\nid: {latest}\ndata: {{\"reason\":\"gap_too_large\"}}\n\n")
+            }
             Event::TokenExpired => "event: token_expired\ndata: {}\n\n".into(),
             Event::Heartbeat => ": ping\n\n".into(),
         }
@@ -98,7 +105,7 @@ impl Event {
                 json!({"type": "unread", "count": u.count, "by_kind": u.by_kind, "as_of": u.as_of})
                     .to_string()
             }
-            Event::Reset => json!({"type": "reset", "reason": "gap_too_large"}).to_string(),
+            Event::Reset { .. } => json!({"type": "reset", "reason": "gap_too_large"}).to_string(),
             Event::TokenExpired => json!({"type": "token_expired"}).to_string(),
             Event::Heartbeat => return None,
         })

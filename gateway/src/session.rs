@@ -273,10 +273,12 @@ impl Session {
         )
         .await?;
         if missed.len() > cap {
-            self.pending.push_back(Event::Reset);
             self.last_sent = self
                 .last_sent
                 .max(inbox::latest_id(&self.ctx.db, &self.user, now).await?);
+            self.pending.push_back(Event::Reset {
+                latest: self.last_sent,
+            });
             tracing::info!(user = %self.user, cap, "resume gap larger than the replay cap: reset");
             return Ok(());
         }
