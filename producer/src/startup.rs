@@ -125,10 +125,9 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(keys.clone())
                 // Like the gateway: no answer (JSON errors, /admin, /openapi.json) may be
-                // sniffed into another type by a browser.
+                // sniffed into another type by a browser, and none (the admin views
+                // hold a user's inbox) kept by a cache.
                 .wrap(
-                    // Responses hold a user's inbox or state: no cache keeps them
-                    // unless a route says otherwise (/reddot.js, the polls' ETags).
                     DefaultHeaders::new()
                         .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
                         .add((header::CACHE_CONTROL, "no-store")),
