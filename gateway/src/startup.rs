@@ -10,12 +10,7 @@ use std::{
 };
 
 use actix_cors::Cors;
-use actix_web::{
-    App, HttpServer,
-    http::header,
-    middleware::{DefaultHeaders, from_fn},
-    web,
-};
+use actix_web::{App, HttpServer, http::header, middleware::from_fn, web};
 use anyhow::Context;
 use reddot_shared::{
     amqp,
@@ -113,13 +108,7 @@ impl Application {
                 .app_data(state.clone())
                 .wrap(cors(state.clone()))
                 .wrap(from_fn(cors_errors_as_json))
-                .wrap(
-                    // Responses hold a user's inbox or state: no cache keeps them
-                    // unless a route says otherwise (/reddot.js, the polls' ETags).
-                    DefaultHeaders::new()
-                        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-                        .add((header::CACHE_CONTROL, "no-store")),
-                )
+                .wrap(http::default_headers())
                 .wrap(from_fn(move |req, next| {
                     http::body_deadline(body_timeout, req, next)
                 }))

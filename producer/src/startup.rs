@@ -8,12 +8,7 @@ use std::{
     time::Duration,
 };
 
-use actix_web::{
-    App, HttpServer,
-    http::header,
-    middleware::{DefaultHeaders, from_fn},
-    web,
-};
+use actix_web::{App, HttpServer, middleware::from_fn, web};
 use anyhow::Context;
 use reddot_shared::{amqp, config::Settings, db, http, metrics};
 use tokio::task::JoinHandle;
@@ -124,14 +119,7 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .app_data(keys.clone())
-                // Like the gateway: no answer (JSON errors, /admin, /openapi.json) may be
-                // sniffed into another type by a browser, and none (the admin views
-                // hold a user's inbox) kept by a cache.
-                .wrap(
-                    DefaultHeaders::new()
-                        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-                        .add((header::CACHE_CONTROL, "no-store")),
-                )
+                .wrap(http::default_headers())
                 .wrap(from_fn(move |req, next| {
                     http::body_deadline(body_timeout, req, next)
                 }))

@@ -188,6 +188,15 @@ pub async fn access_log(
     Ok(res)
 }
 
+/// The headers every answer of both services carries unless its route sets them: no
+/// answer (JSON errors, pages) may be sniffed into another type by a browser, nor kept
+/// by a cache (inboxes, unread counts and tokens are a user's own).
+pub fn default_headers() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new()
+        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((header::CACHE_CONTROL, "no-store"))
+}
+
 /// Cuts off a request body that has not all arrived within `timeout` (zero: never). The HTTP
 /// server times out a request's head, not its body: a client declaring a body and
 /// sending a byte a second held a connection, and a file descriptor, for hours (an

@@ -18,6 +18,27 @@ fn for_alice(title: impl Into<String>) -> Value {
     json!({"to": {"users": ["alice"]}, "title": title.into()})
 }
 
+/// Posts `title` to alice until the answer is no longer the database's 503 (30 s).
+async fn post_once_the_database_is_back(
+    stack: &Stack,
+    title: &str,
+) -> anyhow::Result<crate::helpers::Answer> {
+    eventually(Duration::from_secs(30), "a POST succeeds again", || async {
+        let answer = post_json(
+            stack,
+            "/api/v1/notifications",
+            Some(reddot_tests::API_KEY),
+            &for_alice(title),
+            None,
+        )
+        .await?;
+        let unavailable = answer.status == StatusCode::SERVICE_UNAVAILABLE
+            && answer.code() == "database_unavailable";
+        Ok((!unavailable).then_some(answer))
+    })
+    .await
+}
+
 /// `/readyz` polled until `settled` holds for it (or it is not 200/503), with a deadline.
 async fn readyz_until(
     stack: &Stack,
@@ -189,20 +210,7 @@ async fn while_postgres_is_unreachable_posts_get_503_and_nothing_is_stored_until
     );
     let (posts, ready) = (posts?, ready?);
     proxy.restore();
-    let after = eventually(Duration::from_secs(30), "a POST succeeds again", || async {
-        let answer = post_json(
-            &stack,
-            "/api/v1/notifications",
-            Some(reddot_tests::API_KEY),
-            &for_alice("after the outage"),
-            None,
-        )
-        .await?;
-        let unavailable = answer.status == StatusCode::SERVICE_UNAVAILABLE
-            && answer.code() == "database_unavailable";
-        Ok((!unavailable).then_some(answer))
-    })
-    .await?;
+    let after = post_once_the_database_is_back(&stack, "after the outage").await?;
 
     for answer in &posts {
         assert_eq!(
@@ -305,18 +313,7 @@ async fn while_postgres_stalls_silently_posts_get_503_in_time_and_work_after() -
         "answered after {waited:?}"
     );
 
-    let after = eventually(Duration::from_secs(30), "a POST succeeds again", || async {
-        let answer = post_json(
-            &stack,
-            "/api/v1/notifications",
-            Some(reddot_tests::API_KEY),
-            &for_alice("after the stall"),
-            None,
-        )
-        .await?;
-        Ok((answer.status == StatusCode::CREATED).then_some(answer))
-    })
-    .await?;
+    let after = post_once_the_database_is_back(&stack, "after the stall").await?;
     assert!(after.json["id"].as_i64().is_some(), "{}", after.json);
     Ok(())
 }

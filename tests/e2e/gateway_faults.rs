@@ -42,17 +42,21 @@ async fn post_round(
     Ok((alice, bob, broadcast))
 }
 
+/// Node `node` of `stack`, reaching RabbitMQ through `proxy`, once it consumes.
+async fn node_via(stack: &Stack, proxy: &Proxy, node: &str) -> anyhow::Result<Gateway> {
+    let env = Env::new(&stack.db.url, &stack.vhost.url_via(&proxy.addr));
+    let gw = Gateway::start_with(node, env).await?;
+    gw.readyz_until(DELIVERY, "consuming from RabbitMQ", |r| {
+        r["rabbitmq"] == "ok"
+    })
+    .await?;
+    Ok(gw)
+}
+
 /// Nodes a and b of `stack`, reaching RabbitMQ through `proxy`, once both consume.
 async fn two_nodes_via(stack: &Stack, proxy: &Proxy) -> anyhow::Result<(Gateway, Gateway)> {
-    let env = || Env::new(&stack.db.url, &stack.vhost.url_via(&proxy.addr));
-    let a = Gateway::start_with("node-a", env()).await?;
-    let b = Gateway::start_with("node-b", env()).await?;
-    for gw in [&a, &b] {
-        gw.readyz_until(DELIVERY, "consuming from RabbitMQ", |r| {
-            r["rabbitmq"] == "ok"
-        })
-        .await?;
-    }
+    let a = node_via(stack, proxy, "node-a").await?;
+    let b = node_via(stack, proxy, "node-b").await?;
     Ok((a, b))
 }
 
@@ -157,15 +161,7 @@ async fn a_session_opened_without_a_cursor_is_not_sent_older_notifications_after
 -> anyhow::Result<()> {
     let proxy = Proxy::start(&amqp_addr()).await?;
     let stack = Stack::start(Backend::Sqlite).await?;
-    let gw = Gateway::start_with(
-        "node-a",
-        Env::new(&stack.db.url, &stack.vhost.url_via(&proxy.addr)),
-    )
-    .await?;
-    gw.readyz_until(DELIVERY, "consuming from RabbitMQ", |r| {
-        r["rabbitmq"] == "ok"
-    })
-    .await?;
+    let gw = node_via(&stack, &proxy, "node-a").await?;
     let older = [
         stack.notify(&to_users(&["erin"], "older 1")).await?,
         stack.notify(&to_users(&["erin"], "older 2")).await?,
@@ -199,15 +195,7 @@ async fn a_session_opened_without_a_cursor_is_not_sent_older_notifications_after
 async fn a_reconnect_that_reaches_a_hung_endpoint_gives_up_and_tries_again() -> anyhow::Result<()> {
     let proxy = Proxy::start(&amqp_addr()).await?;
     let stack = Stack::start(Backend::Sqlite).await?;
-    let gw = Gateway::start_with(
-        "node-a",
-        Env::new(&stack.db.url, &stack.vhost.url_via(&proxy.addr)),
-    )
-    .await?;
-    gw.readyz_until(DELIVERY, "consuming from RabbitMQ", |r| {
-        r["rabbitmq"] == "ok"
-    })
-    .await?;
+    let gw = node_via(&stack, &proxy, "node-a").await?;
     let mut erin = gw
         .sse(&Connect::bearer(&stack.token("erin").await?))
         .await?;
@@ -599,15 +587,7 @@ async fn a_session_bound_late_still_gets_what_went_past_the_node_before_its_bind
     // Arrange: the node reaches RabbitMQ through a proxy; the producer directly.
     let proxy = Proxy::start(&amqp_addr()).await?;
     let stack = Stack::start(Backend::Sqlite).await?;
-    let gw = Gateway::start_with(
-        "node-a",
-        Env::new(&stack.db.url, &stack.vhost.url_via(&proxy.addr)),
-    )
-    .await?;
-    gw.readyz_until(DELIVERY, "consuming from RabbitMQ", |r| {
-        r["rabbitmq"] == "ok"
-    })
-    .await?;
+    let gw = node_via(&stack, &proxy, "node-a").await?;
     let token = stack.token("ivy").await?;
 
     // Act: the link stalls, so her bind request waits in the proxy and the session
