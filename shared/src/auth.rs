@@ -66,29 +66,50 @@ pub fn mint(secret: &str, user: &UserId, ttl_secs: i64) -> Result<(String, i64),
     Ok((token, claims.exp))
 }
 
+/// The claims the gateway reads. `exp` and `nbf` are JSON numbers, fractions allowed
+/// (RFC 7519's NumericDate: a token minted with `time.time() + 60` is valid), which is
+/// why they are checked here rather than by `jsonwebtoken`, whose checks want integers.
+#[derive(Debug, Deserialize)]
+struct Presented {
+    sub: String,
+    exp: f64,
+    #[serde(default)]
+    nbf: Option<f64>,
+}
+
 /// Verifies signature (HS256 only), `exp` and `nbf` with [`LEEWAY_SECS`], and `sub`.
 pub fn verify(secret: &str, token: &str) -> Result<Verified, AuthError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(AuthError::TooLong);
     }
     let mut validation = Validation::new(Algorithm::HS256);
-    validation.leeway = LEEWAY_SECS;
-    validation.validate_nbf = true;
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
     validation.validate_aud = false;
-    validation.set_required_spec_claims(&["exp", "sub"]);
-    let data = decode::<Claims>(
+    validation.set_required_spec_claims(&["sub"]);
+    let claims = decode::<Presented>(
         token,
         &DecodingKey::from_secret(secret.as_bytes()),
         &validation,
     )
-    .map_err(|e| match e.kind() {
-        jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-        kind => AuthError::Invalid(format!("{kind:?}")),
-    })?;
-    let user = UserId::parse(&data.claims.sub).map_err(|_| AuthError::BadSubject)?;
+    .map_err(|e| AuthError::Invalid(format!("{:?}", e.kind())))?
+    .claims;
+    let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    let leeway = LEEWAY_SECS as f64;
+    if !claims.exp.is_finite() || claims.nbf.is_some_and(|nbf| !nbf.is_finite()) {
+        return Err(AuthError::Invalid("a time that is not a number".into()));
+    }
+    if claims.exp < now - leeway {
+        return Err(AuthError::Expired);
+    }
+    if claims.nbf.is_some_and(|nbf| nbf > now + leeway) {
+        return Err(AuthError::Invalid("ImmatureSignature".into()));
+    }
+    let user = UserId::parse(&claims.sub).map_err(|_| AuthError::BadSubject)?;
     Ok(Verified {
         user,
-        expires_at: data.claims.exp.min(MAX_EXP),
+        // Rounded down, so a session never outlives its token; `as` saturates.
+        expires_at: (claims.exp.floor() as i64).min(MAX_EXP),
     })
 }
 
@@ -135,6 +156,47 @@ mod tests {
         let v = verify(SECRET, &token)?;
         assert_eq!(v.expires_at, MAX_EXP);
         assert!(v.expires_at.checked_mul(1000).is_some());
+        Ok(())
+    }
+
+    /// Signs arbitrary claims, as a backend with its own JWT library would.
+    fn sign(claims: &serde_json::Value) -> anyhow::Result<String> {
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        Ok(encode(&Header::new(Algorithm::HS256), claims, &key)?)
+    }
+
+    #[test]
+    fn times_with_fractions_are_valid_numeric_dates() -> anyhow::Result<()> {
+        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        let token = sign(&serde_json::json!({
+            "sub": "alice", "exp": now + 100.5, "iat": now, "nbf": now - 0.25
+        }))?;
+        let v = verify(SECRET, &token)?;
+        assert_eq!(v.user.as_str(), "alice");
+        assert_eq!(v.expires_at, (now + 100.5).floor() as i64);
+        let expired = sign(&serde_json::json!({"sub": "alice", "exp": now - 60.5}))?;
+        assert!(matches!(verify(SECRET, &expired), Err(AuthError::Expired)));
+        let early =
+            sign(&serde_json::json!({"sub": "alice", "exp": now + 600.0, "nbf": now + 60.5}))?;
+        assert!(matches!(verify(SECRET, &early), Err(AuthError::Invalid(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn a_token_without_exp_or_sub_or_with_a_text_exp_is_invalid() -> anyhow::Result<()> {
+        let exp = chrono::Utc::now().timestamp() + 600;
+        for claims in [
+            serde_json::json!({"sub": "alice"}),
+            serde_json::json!({"exp": exp}),
+            serde_json::json!({"sub": "alice", "exp": exp.to_string()}),
+            serde_json::json!({"sub": "alice", "exp": null}),
+        ] {
+            let token = sign(&claims)?;
+            assert!(
+                matches!(verify(SECRET, &token), Err(AuthError::Invalid(_))),
+                "{claims}"
+            );
+        }
         Ok(())
     }
 }

@@ -264,6 +264,32 @@ async fn a_token_not_yet_valid_within_the_leeway_is_accepted() -> anyhow::Result
     Ok(())
 }
 
+/// A backend that mints tokens with `time.time() + 3600` (Python's PyJWT, say): `exp`,
+/// `iat` and `nbf` with fractions are NumericDates too (RFC 7519) and must be served.
+#[tokio::test]
+async fn a_token_whose_times_have_fractions_is_served() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    let token = sign(
+        JWT_SECRET,
+        &json!({"sub": "alice", "exp": now + 3600.5, "iat": now, "nbf": now - 0.5}),
+    );
+
+    let unread = reqwest::Client::new()
+        .get(gw.url("/v1/unread"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(unread.status(), StatusCode::OK);
+    let mut sse = gw.sse(&Connect::bearer(&token)).await?;
+    sse.expect("unread", DELIVERY).await?;
+    let sent = stack.notify(&to_users(&["alice"], "fractions")).await?;
+    let event = sse.expect("notification", DELIVERY).await?;
+    assert_eq!(event.notification_id(), Some(sent));
+    Ok(())
+}
+
 /// A backend that mints "forever" tokens (an `exp` as far as `i64::MAX`): every transport
 /// serves them (the gateway's millisecond arithmetic once overflowed on them).
 #[tokio::test]
