@@ -3,7 +3,10 @@
 //! long polling (`/v1/poll`), short polling (`/v1/unread` with `ETag`), the iframe
 //! stream, and the producer's admin views of the same inbox.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use futures_util::future::join_all;
 use reddot_tests::{
@@ -204,6 +207,77 @@ async fn the_inbox_pages_newest_first_and_filters_by_kind_and_read_state() -> an
 async fn the_inbox_pages_newest_first_and_filters_by_kind_and_read_state_on_postgres()
 -> anyhow::Result<()> {
     inbox_pages_newest_first_and_filters(Backend::Postgres).await
+}
+
+/// `cursor` is the newest id visible: never below an item of its own page, however
+/// busy the writers (read in three statements, ~40 % of the pages read during a stream
+/// of posts showed an item above their cursor).
+async fn the_cursor_covers_its_page_while_notifications_arrive(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let stack = Stack::start(backend).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let alice = token_expiring_in("alice", 600);
+    let writing = AtomicBool::new(true);
+    let writer = async {
+        let mut sent = 0;
+        while writing.load(Ordering::Relaxed) {
+            let body = if sent % 3 == 2 {
+                to_all("everyone")
+            } else {
+                to_users(&["alice"], "for alice")
+            };
+            stack.notify(&body).await?;
+            sent += 1;
+        }
+        anyhow::Ok(sent)
+    };
+    let reader = async {
+        let mut pages = 0;
+        let mut above = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pages < 200 && Instant::now() < deadline {
+            let page = get_ok(&stack, &gw, &alice, "/v1/notifications?limit=5").await;
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => {
+                    writing.store(false, Ordering::Relaxed);
+                    return Err(e);
+                }
+            };
+            let cursor = page["cursor"].as_i64().unwrap_or_default();
+            if let Some(newest) = page["items"][0]["id"].as_i64()
+                && newest > cursor
+            {
+                above.push((newest, cursor));
+            }
+            pages += 1;
+        }
+        writing.store(false, Ordering::Relaxed);
+        anyhow::Ok((pages, above))
+    };
+    let (sent, read) = tokio::join!(writer, reader);
+    let (sent, (pages, above)) = (sent?, read?);
+    assert!(
+        sent > 20,
+        "only {sent} notifications written during the reads"
+    );
+    assert!(
+        above.is_empty(),
+        "{} of {pages} pages showed an item above their cursor (item, cursor): {above:?}",
+        above.len()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_cursor_covers_its_page_while_notifications_arrive_on_sqlite() -> anyhow::Result<()> {
+    the_cursor_covers_its_page_while_notifications_arrive(Backend::Sqlite).await
+}
+
+#[tokio::test]
+async fn the_cursor_covers_its_page_while_notifications_arrive_on_postgres() -> anyhow::Result<()> {
+    the_cursor_covers_its_page_while_notifications_arrive(Backend::Postgres).await
 }
 
 #[tokio::test]

@@ -5,10 +5,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use sea_orm::{ConnectionTrait, FromQueryResult};
+use sea_orm::{
+    AccessMode, ConnectionTrait, DatabaseConnection, FromQueryResult, IsolationLevel,
+    TransactionOptions, TransactionTrait,
+};
 use serde::Serialize;
 
-use super::{NOTIFICATION_COLUMNS, NotificationRow, StoreError, state, stmt};
+use super::{NOTIFICATION_COLUMNS, NotificationRow, StoreError, is_postgres, state, stmt};
 use crate::{
     domain::{Kind, Notification, UserId},
     error::{ApiError, ErrorCode},
@@ -336,9 +339,32 @@ struct ListedRow {
     state: i16,
 }
 
-/// The inbox of `user`, newest first. The cursor is read first, so that anything
-/// committed while the page is read is also after the cursor.
+/// The inbox of `user`, newest first. The cursor and both halves of the page are read
+/// in one snapshot (PostgreSQL: `REPEATABLE READ`; SQLite: a read transaction), so the
+/// cursor is exactly the newest id visible, the page shows nothing above it, and
+/// anything committed meanwhile (commit order is id order) comes after it. Read as
+/// three statements without one, a notification committed between them showed in a
+/// page whose cursor was below it.
 pub async fn list(
+    db: &DatabaseConnection,
+    user: &UserId,
+    q: &ListQuery,
+    now_ms: i64,
+) -> Result<Page, StoreError> {
+    let postgres = is_postgres(db);
+    let snapshot = db
+        .begin_with_options(TransactionOptions {
+            isolation_level: postgres.then_some(IsolationLevel::RepeatableRead),
+            access_mode: postgres.then_some(AccessMode::ReadOnly),
+            ..Default::default()
+        })
+        .await?;
+    let page = list_in(&snapshot, user, q, now_ms).await?;
+    snapshot.commit().await?;
+    Ok(page)
+}
+
+async fn list_in(
     db: &impl ConnectionTrait,
     user: &UserId,
     q: &ListQuery,
