@@ -134,6 +134,43 @@ async fn the_first_keep_alive_comes_within_one_heartbeat_of_connecting() -> anyh
     Ok(())
 }
 
+/// "At least every 15 s" holds with room to spare: keep-alives come a tenth inside the
+/// heartbeat, not at it (at exactly the period, a client measured gaps of 15.00–15.01 s,
+/// the timer's lateness on top).
+#[tokio::test]
+async fn keep_alives_come_inside_the_heartbeat_not_at_it() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start_with("node-a", stack.env().with("REDDOT_HEARTBEAT_SECS", "4")).await?;
+    let token = stack.token("alice").await?;
+    let mut sse = gw.sse(&Connect::bearer(&token)).await?;
+    let mut ws = gw.ws(&Connect::bearer(&token)).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (mut sse_at, mut ws_at) = (Vec::new(), Vec::new());
+    while (sse_at.len() < 3 || ws_at.len() < 3) && tokio::time::Instant::now() < deadline {
+        // Short reads, so that each keep-alive is timed within a few milliseconds.
+        let _ = sse.next_or_end(Duration::from_millis(2)).await;
+        let _ = ws.next_or_end(Duration::from_millis(2)).await;
+        let now = tokio::time::Instant::now();
+        if sse.heartbeats() > sse_at.len() {
+            sse_at.push(now);
+        }
+        if ws.pings() > ws_at.len() {
+            ws_at.push(now);
+        }
+    }
+    for (name, at) in [("SSE", &sse_at), ("WebSocket", &ws_at)] {
+        assert!(at.len() >= 3, "{name}: {} keep-alives in 20 s", at.len());
+        for pair in at.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap < Duration::from_millis(3_900) && gap > Duration::from_millis(3_000),
+                "{name}: keep-alives {gap:?} apart with a 4 s heartbeat"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Reads `client` (keep-alives included) until `done` holds or `deadline` passes.
 async fn read_until<C: Events>(
     client: &mut C,
