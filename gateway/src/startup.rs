@@ -219,13 +219,13 @@ fn cors(state: web::Data<GatewayState>) -> Cors {
             state.origin_allowed(origin) || own || head.uri.path() == "/v1/ws"
         })
         .allowed_methods(["GET", "POST", "DELETE", "OPTIONS"])
-        .allowed_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::IF_NONE_MATCH,
-            header::HeaderName::from_static("last-event-id"),
-        ])
-        .expose_headers([header::ETAG])
+        // Any request header: pages with browser tracing (Sentry, OpenTelemetry) add
+        // `sentry-trace`, `baggage` or `traceparent` to every fetch of an allowed
+        // origin, and a list of four refused their preflights, so every call failed.
+        // Which origins may call is what guards the API, not which headers they send.
+        .allow_any_header()
+        // `Retry-After`: how long a client told 429 or 503 should wait.
+        .expose_headers([header::ETAG, header::RETRY_AFTER])
         .max_age(3600)
 }
 

@@ -95,6 +95,61 @@ async fn cors_answers_the_allowed_origin_only_and_the_producer_answers_none() ->
     Ok(())
 }
 
+/// A page of an allowed origin that traces its fetches (Sentry, OpenTelemetry) sends
+/// extra headers; its preflights pass, and it may read `ETag` and `Retry-After`.
+#[tokio::test]
+async fn an_allowed_origin_may_send_tracing_headers_and_read_retry_after() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let asked = "authorization,content-type,traceparent,sentry-trace,baggage,x-requested-with";
+    let preflight = |origin: &'static str| {
+        stack
+            .http
+            .request(Method::OPTIONS, gw.url("/v1/notifications/read"))
+            .header(header::ORIGIN, origin)
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+            .header(header::ACCESS_CONTROL_REQUEST_HEADERS, asked)
+            .send()
+    };
+
+    let allowed = preflight(ORIGIN).await?;
+    assert_eq!(allowed.status(), StatusCode::OK);
+    assert_eq!(
+        header_of(&allowed, header::ACCESS_CONTROL_ALLOW_ORIGIN).as_deref(),
+        Some(ORIGIN)
+    );
+    let granted = header_of(&allowed, header::ACCESS_CONTROL_ALLOW_HEADERS).unwrap_or_default();
+    for name in asked.split(',') {
+        assert!(granted.contains(name), "{name} not in {granted:?}");
+    }
+    let foreign = preflight(EVIL).await?;
+    assert_eq!(foreign.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        header_of(&foreign, header::ACCESS_CONTROL_ALLOW_ORIGIN),
+        None
+    );
+
+    let token = stack.token("alice").await?;
+    let unread = stack
+        .http
+        .get(gw.url("/v1/unread"))
+        .bearer_auth(&token)
+        .header(header::ORIGIN, ORIGIN)
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .send()
+        .await?;
+    assert_eq!(unread.status(), StatusCode::OK);
+    let exposed = header_of(&unread, header::ACCESS_CONTROL_EXPOSE_HEADERS)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(exposed.contains("etag"), "{exposed:?}");
+    assert!(exposed.contains("retry-after"), "{exposed:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn html_pages_carry_csp_nosniff_and_referrer_policy_and_only_the_iframe_may_be_framed()
 -> anyhow::Result<()> {
