@@ -135,6 +135,12 @@ impl Application {
         // previous one, and clients delay their acknowledgements (up to 40 ms on
         // Linux): a push server writes each event as soon as it has it.
         .tcp_nodelay(true)
+        // A client that closes its end (a tab closed, EventSource.close()) has ended
+        // its session: end it when its FIN is read, not at the next heartbeat's write.
+        // Until then it held one of the user's REDDOT_MAX_SESSIONS_PER_USER places (up
+        // to 15 s of 429s after closing many tabs) and its memory. Browsers never
+        // half-close a request and wait for the answer.
+        .h1_allow_half_closed(false)
         .listen(listener)?
         .disable_signals()
         .shutdown_timeout(10)

@@ -137,6 +137,52 @@ async fn with_the_limit_off_one_address_opens_more_connections_than_any_burst() 
     Ok(())
 }
 
+/// Streams whose clients closed them free their places at once: at the per-user limit,
+/// a user who closed her tabs can open new ones (before, the places stayed taken until
+/// each stream's next heartbeat, 429 for up to a heartbeat).
+#[tokio::test]
+async fn closed_streams_free_their_places_at_once() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let env = stack
+        .env()
+        .with("REDDOT_MAX_SESSIONS_PER_USER", "3")
+        .with("REDDOT_HEARTBEAT_SECS", "60");
+    let gw = Gateway::start_with("node-a", env).await?;
+    let token = stack.token("alice").await?;
+    let http = reqwest::Client::new();
+    let stream = gw.url(&format!("/v1/stream?access_token={token}"));
+
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let res = http.get(&stream).send().await?;
+        assert_eq!(res.status(), StatusCode::OK);
+        open.push(res);
+    }
+    assert_eq!(
+        http.get(&stream).send().await?.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    drop(open);
+
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut reopened = Vec::new();
+    while reopened.len() < 3 {
+        let res = http.get(&stream).send().await?;
+        if res.status() == StatusCode::OK {
+            reopened.push(res);
+            continue;
+        }
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            Instant::now() < deadline,
+            "{} of 3 places free 3 s after the streams were closed",
+            reopened.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// At REDDOT_MAX_SESSIONS_PER_USER, another stream is refused (429); but held long
 /// polls, which the gateway cannot see abandoned until they are answered, make room:
 /// the oldest is answered 204 and the newcomer gets in. Before, a few abandoned polls
