@@ -280,6 +280,54 @@ async fn the_cursor_covers_its_page_while_notifications_arrive_on_postgres() -> 
     the_cursor_covers_its_page_while_notifications_arrive(Backend::Postgres).await
 }
 
+/// A read body is `{"ids": [...]}` or `{"all": true}`; anything else is a 400 naming
+/// the field, and nothing is marked. `null` counts as absent, as in the producer's bodies.
+#[tokio::test]
+async fn a_read_body_that_is_neither_ids_nor_all_is_refused_naming_the_field() -> anyhow::Result<()>
+{
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let alice = token_expiring_in("alice", 600);
+    let id = stack.notify(&to_users(&["alice"], "one")).await?;
+    let too_many: Vec<i64> = (1..=1001).collect();
+
+    for (body, field) in [
+        (json!({}), "ids"),
+        (json!({"ids": [id], "all": true}), "ids"),
+        (json!({"ids": []}), "ids"),
+        (json!({"ids": too_many}), "ids"),
+        (json!({"ids": [0]}), "ids"),
+        (json!({"ids": ["1"]}), "ids"),
+        (json!({"ids": id}), "ids"),
+        (json!({"all": false}), "all"),
+        (json!({"all": "yes"}), "all"),
+    ] {
+        let answer = mark_read(&stack, &gw, &alice, &body).await?;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            answer.json
+        );
+        assert_eq!(answer.json["error"]["code"], "invalid_request", "{body}");
+        assert_eq!(
+            answer.json["error"]["field"], field,
+            "{body}: {}",
+            answer.json
+        );
+    }
+    assert_eq!(
+        unread_count(&stack, &gw, &alice).await?,
+        1,
+        "nothing was marked"
+    );
+
+    let answer = mark_read(&stack, &gw, &alice, &json!({"ids": null, "all": true})).await?;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+    assert_eq!(answer.json["unread"]["count"], 0, "{}", answer.json);
+    Ok(())
+}
+
 #[tokio::test]
 async fn reading_and_deleting_lower_the_count_and_foreign_or_unknown_ids_are_not_found()
 -> anyhow::Result<()> {

@@ -35,7 +35,9 @@ pub async fn mark_read(
     state: web::Data<GatewayState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_json(&req, payload, 64 * 1024).await?;
-    let changed = match (body.get("ids"), body.get("all")) {
+    // `null` counts as absent, as in the producer's bodies.
+    let field = |name| body.get(name).filter(|v| !v.is_null());
+    let changed = match (field("ids"), field("all")) {
         (Some(_), Some(_)) => {
             return Err(ApiError::field("ids", "give either ids or all, not both"));
         }
