@@ -78,6 +78,9 @@ pub struct Session {
     /// first: every idle session holds it, and two would cost twice the memory.
     timer: Pin<Box<Sleep>>,
     token_expires: Instant,
+    /// When the unread count last pushed, or a notification sent since, expires: the
+    /// badge then counts something no longer counted, so the count is pushed again.
+    recount_at: Option<Instant>,
     bound_confirmed: bool,
     ended: bool,
     transport: &'static str,
@@ -111,6 +114,7 @@ impl Session {
                 (now + first_beat).min(token_expires),
             )),
             token_expires,
+            recount_at: None,
             ctx,
             user,
             membership,
@@ -200,11 +204,20 @@ impl Session {
                 if now >= self.token_expires {
                     // Queued last, and it ends the session: the timer is not polled again.
                     self.pending.push_back(Event::TokenExpired);
-                } else {
-                    let next_beat = now + self.ctx.beat_every();
-                    self.timer.as_mut().reset(next_beat.min(self.token_expires));
-                    self.pending.push_back(Event::Heartbeat);
+                    return;
                 }
+                // A recount also beats: one more keep-alive is harmless, and the timer
+                // need not remember when the next one was due.
+                let next_beat = now + self.ctx.beat_every();
+                self.timer.as_mut().reset(next_beat.min(self.token_expires));
+                self.pending.push_back(Event::Heartbeat);
+                if self.recount_at.is_some_and(|at| at <= now) {
+                    self.recount_at = None;
+                    if Box::pin(self.push_unread()).await.is_err() {
+                        self.ended = true;
+                    }
+                }
+                self.arm_timer();
             }
             Wake::Hub(None) => {
                 tracing::info!(user = %self.user, transport = self.transport, "session closed: it stopped reading");
@@ -223,6 +236,9 @@ impl Session {
             Wake::Hub(Some(HubMsg::Notification(n))) => {
                 if n.id > self.last_sent && n.expires_at.is_none_or(|t| t > now_ms()) {
                     self.last_sent = n.id;
+                    if let Some(expires) = n.expires_at {
+                        self.recount_no_later_than(expires);
+                    }
                     self.pending.push_back(Event::Notification {
                         id: n.id,
                         created_at: n.created_at,
@@ -306,8 +322,33 @@ impl Session {
     async fn push_unread(&mut self) -> Result<i64, StoreError> {
         let unread = inbox::unread(&self.ctx.db, &self.user, now_ms()).await?;
         let as_of = unread.as_of;
+        // This count supersedes the last: only its own first expiry is due.
+        self.recount_at = None;
+        if let Some(expires) = unread.next_expiry {
+            self.recount_no_later_than(expires);
+        }
         self.pending.push_back(Event::Unread(unread));
         Ok(as_of)
+    }
+
+    /// Pushes the count again once `expires_ms` (Unix ms) has passed, if not before.
+    fn recount_no_later_than(&mut self, expires_ms: i64) {
+        // A millisecond past the expiry: counted as expired only when `> now` fails.
+        let wait = u64::try_from(expires_ms + 1 - now_ms()).unwrap_or(0);
+        let at = Instant::now() + Duration::from_millis(wait);
+        if self.recount_at.is_none_or(|due| at < due) {
+            self.recount_at = Some(at);
+            self.arm_timer();
+        }
+    }
+
+    /// Brings the timer forward to the recount if that comes before the next beat.
+    fn arm_timer(&mut self) {
+        if let Some(at) = self.recount_at
+            && at < self.timer.deadline()
+        {
+            self.timer.as_mut().reset(at.min(self.token_expires));
+        }
     }
 }
 

@@ -492,6 +492,73 @@ async fn an_expired_notification_is_neither_listed_nor_counted_nor_replayed() ->
     Ok(())
 }
 
+/// An open tab's badge drops when a notification it counts expires: the count is
+/// pushed again at the expiry, for one counted at connect (a broadcast) and for one
+/// delivered live afterwards. Before, the badge kept counting both until the next read.
+#[tokio::test]
+async fn open_sessions_get_a_new_count_when_a_counted_notification_expires() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let token = stack.token("alice").await?;
+    let in_secs = |s: i64| {
+        (chrono::Utc::now() + chrono::Duration::seconds(s))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    stack.notify(&to_users(&["alice"], "stays")).await?;
+    stack
+        .notify(&json!({"to": {"all": true}, "kind": "announcement",
+                        "title": "gone in 2 s", "expires_at": in_secs(2)}))
+        .await?;
+    let mut sse = gw.sse(&Connect::bearer(&token)).await?;
+    let mut ws = gw.ws(&Connect::bearer(&token)).await?;
+    assert_eq!(sse.expect("unread", DELIVERY).await?.data["count"], 2);
+    assert_eq!(ws.expect("unread", DELIVERY).await?.data["count"], 2);
+    let live = stack
+        .notify(&json!({"to": {"users": ["alice"]}, "kind": "comment",
+                        "title": "gone in 4 s", "expires_at": in_secs(4)}))
+        .await?;
+
+    let started = Instant::now();
+    let (sse_counts, ws_counts) = tokio::try_join!(
+        counts_until_one_comment(&mut sse, live),
+        counts_until_one_comment(&mut ws, live)
+    )?;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}; counts: SSE {sse_counts:?}, WebSocket {ws_counts:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// The counts `client` is pushed until one is just the comment `live`, which it covers.
+async fn counts_until_one_comment<C: Events>(
+    client: &mut C,
+    live: i64,
+) -> anyhow::Result<Vec<Value>> {
+    let mut counts = Vec::new();
+    loop {
+        let event = client.next(Duration::from_secs(10)).await?;
+        if event.kind != "unread" {
+            continue;
+        }
+        counts.push(event.data["count"].clone());
+        if event.data["count"] == 1 {
+            anyhow::ensure!(
+                event.data["by_kind"] == json!({"comment": 1}),
+                "{}",
+                event.data
+            );
+            anyhow::ensure!(
+                event.data["as_of"].as_i64() >= Some(live),
+                "the count covers the live one: {}",
+                event.data
+            );
+            return Ok(counts);
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_long_poll_answers_at_once_wakes_on_a_post_and_times_out_with_204() -> anyhow::Result<()>
 {

@@ -31,6 +31,9 @@ pub struct Unread {
     /// The newest id visible to the user (short polling's `latest_id`), ≤ `as_of`.
     #[serde(skip)]
     pub latest_id: i64,
+    /// When the first counted notification expires (Unix ms): the count is stale then.
+    #[serde(skip)]
+    pub next_expiry: Option<i64>,
 }
 
 const TARGETED_VISIBLE: &str = "r.user_id = $1 AND r.broadcast = 0 AND r.state < 2 AND (r.expires_at IS NULL OR r.expires_at > $2)";
@@ -138,11 +141,11 @@ pub async fn unread(
         .query_all_raw(stmt(
             db,
             &format!(
-                "SELECT r.kind AS kind, COUNT(*) AS n FROM recipients r \
+                "SELECT r.kind AS kind, COUNT(*) AS n, MIN(r.expires_at) AS e FROM recipients r \
                  WHERE r.user_id = $1 AND r.state = {unread} AND r.broadcast = 0 AND r.notification_id <= $3 \
                  AND (r.expires_at IS NULL OR r.expires_at > $2) GROUP BY r.kind \
                  UNION ALL \
-                 SELECT n.kind AS kind, COUNT(*) AS n FROM notifications n \
+                 SELECT n.kind AS kind, COUNT(*) AS n, MIN(n.expires_at) AS e FROM notifications n \
                  WHERE n.audience = 'all' AND n.id <= $3 AND (n.expires_at IS NULL OR n.expires_at > $2) \
                  AND NOT EXISTS (SELECT 1 FROM recipients d WHERE d.user_id = $1 AND d.notification_id = n.id) GROUP BY n.kind",
                 unread = state::UNREAD
@@ -158,8 +161,13 @@ pub async fn unread(
     for row in rows {
         let kind: String = row.try_get("", "kind")?;
         let n: i64 = row.try_get("", "n")?;
+        let expires: Option<i64> = row.try_get("", "e")?;
         out.count += n;
         *out.by_kind.entry(kind).or_default() += n;
+        out.next_expiry = match (out.next_expiry, expires) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
     Ok(out)
 }
