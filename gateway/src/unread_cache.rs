@@ -55,7 +55,7 @@ pub struct View {
 }
 
 impl View {
-    fn new(u: &inbox::Unread) -> View {
+    pub fn new(u: &inbox::Unread) -> View {
         let body = inbox::unread_view(u).to_string();
         let etag = format!(
             "\"{}\"",
@@ -66,6 +66,13 @@ impl View {
             body: body.into(),
         }
     }
+}
+
+/// Does an `If-None-Match` header name `etag` (or `*`)? Weak tags compare by their value.
+pub fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+    if_none_match
+        .split(',')
+        .any(|tag| tag.trim().trim_start_matches("W/") == etag || tag.trim() == "*")
 }
 
 pub struct UnreadCache {

@@ -1195,3 +1195,57 @@ async fn a_read_on_another_device_answers_a_held_long_poll_with_the_new_count() 
     );
     Ok(())
 }
+
+/// A read made between two long polls wakes neither: the next poll sends the `ETag` of
+/// the count it has (from `/v1/unread` or the last answer), and a count that moved on
+/// is answered at once; a count that did not is held as usual.
+#[tokio::test]
+async fn a_long_poll_whose_count_moved_on_between_polls_is_answered_at_once() -> anyhow::Result<()>
+{
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let token = stack.token("alice").await?;
+    let first = stack.notify(&to_users(&["alice"], "one")).await?;
+    let newest = stack.notify(&to_users(&["alice"], "two")).await?;
+    let poll = |tag: String, timeout: u64| {
+        let req = stack
+            .http
+            .get(gw.url(&format!("/v1/poll?cursor={newest}&timeout={timeout}")))
+            .bearer_auth(&token)
+            .header(header::IF_NONE_MATCH, tag);
+        async move {
+            let started = Instant::now();
+            let answer = Answer::from(req.send().await?).await?;
+            anyhow::Ok((answer, started.elapsed()))
+        }
+    };
+    let unread = get(&stack, &gw, &token, "/v1/unread").await?;
+    let tag = unread.headers[header::ETAG].to_str()?.to_owned();
+
+    // Unchanged: held until the timeout.
+    let (held, _) = poll(tag.clone(), 1).await?;
+    assert_eq!(held.status, StatusCode::NO_CONTENT, "{}", held.json);
+
+    // A read between two polls: the next one answers at once with the new count.
+    let read = mark_read(&stack, &gw, &token, &json!({"ids": [first]})).await?;
+    assert!(read.status.is_success());
+    let (moved, took) = poll(tag.clone(), 20).await?;
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.json);
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    assert_eq!(moved.json["notifications"], json!([]), "{}", moved.json);
+    assert_eq!(moved.json["cursor"], newest);
+    assert_eq!(moved.json["unread"]["count"], 1, "{}", moved.json);
+    let new_tag = moved.headers[header::ETAG].to_str()?.to_owned();
+    assert_ne!(new_tag, tag);
+    let unread = get(&stack, &gw, &token, "/v1/unread").await?;
+    assert_eq!(
+        unread.headers[header::ETAG].to_str()?,
+        new_tag,
+        "the same tag as /v1/unread"
+    );
+
+    // With the new tag the poll is held again.
+    let (held, _) = poll(new_tag, 1).await?;
+    assert_eq!(held.status, StatusCode::NO_CONTENT, "{}", held.json);
+    Ok(())
+}

@@ -4,10 +4,14 @@
 //! is woken by the broker, never by polling the database — and answers `204` on timeout.
 //! A read or delete elsewhere answers the hold with the new count and no notifications.
 //! A hold ends when the token does (`401`): no session outlives its token.
+//!
+//! A read made between two polls wakes neither. So answers with a count carry the
+//! `ETag` of `/v1/unread`, and a poll whose `If-None-Match` no longer matches the
+//! user's count is answered at once with the new one (as a read during the hold is).
 
 use std::time::Duration;
 
-use actix_web::{HttpRequest, HttpResponse, get, web};
+use actix_web::{HttpRequest, HttpResponse, get, http::header, web};
 use reddot_shared::{domain::Notification, error::ApiError, store::inbox, time::now_ms};
 use serde::Serialize;
 
@@ -15,6 +19,7 @@ use crate::{
     auth::{AuthUser, query_param},
     hub::HubMsg,
     state::GatewayState,
+    unread_cache::{View, etag_matches},
 };
 
 pub const MAX_TIMEOUT_SECS: u64 = 60;
@@ -77,7 +82,15 @@ pub async fn poll(
             Ok(HttpResponse::NoContent().finish())
         }
     };
-    let mut read_state_changed = false;
+    // Checked after joining: a read committed after this check wakes the hold.
+    let mut read_state_changed = match req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(tag) => !count_unchanged(&state, &auth, tag).await?,
+        None => false,
+    };
     loop {
         if let Some(answer) = answer(&state, &auth, cursor).await? {
             return Ok(answer);
@@ -86,12 +99,13 @@ pub async fn poll(
             // A read or delete on another tab or device: the long-poll form of the
             // `unread` the streams push — no notifications, the same cursor.
             let unread = inbox::unread(&ctx.db, &auth.user, now_ms()).await?;
-            return Ok(HttpResponse::Ok().json(Answer {
+            return Ok(Answer {
                 reset: None,
                 notifications: &[],
                 cursor,
                 unread: &unread,
-            }));
+            }
+            .respond());
         }
         let woke = tokio::select! {
             msg = membership.rx.recv_async() => msg.ok(),
@@ -123,23 +137,45 @@ async fn answer(
     }
     let unread = inbox::unread(&ctx.db, &auth.user, now).await?;
     if probe.len() as u64 > cap {
-        return Ok(Some(HttpResponse::Ok().json(Answer {
-            reset: Some(true),
-            notifications: &[],
-            // The newest visible id, as `/v1/unread`'s `latest_id`: polling on from it
-            // misses nothing and skips what the reset told the client to reload.
-            cursor: unread.latest_id,
-            unread: &unread,
-        })));
+        return Ok(Some(
+            Answer {
+                reset: Some(true),
+                notifications: &[],
+                // The newest visible id, as `/v1/unread`'s `latest_id`: polling on from
+                // it misses nothing and skips what the reset told the client to reload.
+                cursor: unread.latest_id,
+                unread: &unread,
+            }
+            .respond(),
+        ));
     }
     let batch = &probe[..probe.len().min(MAX_BATCH as usize)];
     let next = batch.last().map_or(cursor, |n| n.id);
-    Ok(Some(HttpResponse::Ok().json(Answer {
-        reset: None,
-        notifications: batch,
-        cursor: next,
-        unread: &unread,
-    })))
+    Ok(Some(
+        Answer {
+            reset: None,
+            notifications: batch,
+            cursor: next,
+            unread: &unread,
+        }
+        .respond(),
+    ))
+}
+
+/// Does the client's `If-None-Match` still name the user's count? From the unread cache
+/// when it can, as `/v1/unread` answers.
+async fn count_unchanged(
+    state: &GatewayState,
+    auth: &AuthUser,
+    if_none_match: &str,
+) -> Result<bool, ApiError> {
+    if let Some(view) = state.unread_cache.cached(&auth.user).await
+        && etag_matches(if_none_match, &view.etag)
+    {
+        return Ok(true);
+    }
+    let view = state.unread_cache.load(&auth.user).await?;
+    Ok(etag_matches(if_none_match, &view.etag))
 }
 
 /// A long-poll answer. A struct rather than `json!`, which would sort each
@@ -151,4 +187,14 @@ struct Answer<'a> {
     notifications: &'a [Notification],
     cursor: i64,
     unread: &'a inbox::Unread,
+}
+
+impl Answer<'_> {
+    /// 200 with the `ETag` `/v1/unread` would give this count, for the next poll's
+    /// `If-None-Match`.
+    fn respond(&self) -> HttpResponse {
+        HttpResponse::Ok()
+            .insert_header((header::ETAG, View::new(self.unread).etag))
+            .json(self)
+    }
 }

@@ -5,7 +5,7 @@
 use actix_web::{HttpRequest, HttpResponse, get, http::header, web};
 use reddot_shared::error::ApiError;
 
-use crate::{auth::AuthUser, state::GatewayState};
+use crate::{auth::AuthUser, state::GatewayState, unread_cache::etag_matches};
 
 #[get("/v1/unread")]
 pub async fn unread(
@@ -17,12 +17,7 @@ pub async fn unread(
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok());
-    let matches = |etag: &str| {
-        client_tag.is_some_and(|v| {
-            v.split(',')
-                .any(|tag| tag.trim().trim_start_matches("W/") == etag || tag.trim() == "*")
-        })
-    };
+    let matches = |etag: &str| client_tag.is_some_and(|v| etag_matches(v, etag));
     if client_tag.is_some()
         && let Some(view) = state.unread_cache.cached(&auth.user).await
         && matches(&view.etag)
