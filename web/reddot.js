@@ -53,8 +53,9 @@
  *   over a BroadcastChannel. The lock is released when the leader's tab closes or
  *   crashes, and the next tab in the lock's queue takes over at once, resuming from the
  *   last id it saw. So ten tabs use one connection, under HTTP/1.1's six per host. The
- *   connection uses the leader's token, getToken and transport (setTransport in any tab
- *   switches it for all); list/markRead/remove are plain requests from each tab. Where
+ *   connection uses the leader's token, getToken and transport (setTransport and
+ *   setToken in any tab apply to all); list/markRead/remove are plain requests from each
+ *   tab (a failed one puts the server's count back on the badge). Where
  *   there are no Web Locks (plain-http pages on hosts other than localhost are not a
  *   secure context) a lease in localStorage elects the leader instead (taken over within
  *   about 4 s of a crash, at once when the leader's page closes). Without BroadcastChannel, or
@@ -255,8 +256,13 @@
   P.on = function (type, fn) {
     (this._listeners[type] = this._listeners[type] || []).push(fn);
     var self = this;
-    if (type === 'status') fn(this.status);
-    else if (type === 'unread' && this._unread) fn(this._badgeView());
+    // Called at once like any emit: a listener that throws must not cost the caller
+    // its unsubscribe function.
+    var now = type === 'status' ? [this.status]
+      : (type === 'unread' && this._unread ? [this._badgeView()] : null);
+    if (now) {
+      try { fn(now[0]); } catch (e) { setTimeout(function () { throw e; }); }
+    }
     return function () { self.off(type, fn); };
   };
 
@@ -421,6 +427,10 @@
       case 'removed':
         this._emit('removed', m.data);
         break;
+      case 'token': // setToken in another tab: the shared connection is the leader's
+        var claims = decodeJwt(m.token);
+        if (claims && claims.sub === this.user) this._adoptToken(m.token);
+        break;
       case 'transport':
         this.options.transport = m.transport;
         if (this._leader) this._restart();
@@ -583,6 +593,13 @@
         // Expired or refused token: only a new one helps (getToken, or setToken later).
         return self._refreshToken().then(function (fresh) {
           if (gen !== self._gen || self._closed) return;
+          if (fresh === null) {
+            // getToken failed (the app's token endpoint down, say): ask again later,
+            // backing off, rather than give up for good.
+            self._schedule(gen, backoff(self._attempt++, self.options.minBackoff, self.options.maxBackoff),
+              true, 'token_refresh_failed');
+            return;
+          }
           if (!fresh) {
             self._setStatus({ state: 'unauthorized', retryIn: null, reason: reason });
             return;
@@ -619,7 +636,10 @@
     }, delay);
   };
 
-  /** Calls getToken (if any); keeps the old token when it fails. */
+  /**
+   * Calls getToken (if any) → true: a new token; false: none (no getToken, or it gave
+   * the same or another user's token); null: getToken threw or rejected (try again).
+   */
   P._refreshToken = function () {
     var self = this;
     var get = this.options.getToken;
@@ -630,7 +650,7 @@
         if (c && c.sub === self.user) { self.token = t; return true; }
       }
       return false;
-    }, function () { return false; });
+    }, function () { return null; });
   };
 
   /** Is the gateway reachable, and is our token good? 'ok' | 'unauthorized' | 'down'. */
@@ -738,6 +758,25 @@
     return answer;
   };
 
+  /**
+   * The rejection handler of a read or delete: the badge already dropped what it was
+   * for (so it does not wait for the answer), so a failure (404, network, 401) puts the
+   * server's count back, then rejects as before.
+   */
+  P._badgeBack = function () {
+    var self = this;
+    return function (err) {
+      var reads = self._reads;
+      self._request('GET', '/v1/unread').then(function (r) {
+        // A read answered meanwhile is newer than this count.
+        if (self._closed || reads !== self._reads || !r.body) return;
+        self._applyUnread(r.body);
+        self._emit('unread', self._badgeView());
+      }, function () { /* offline too: the next push or reconnect corrects it */ });
+      throw err;
+    };
+  };
+
   // ---- public API ---------------------------------------------------------------
 
   /** Marks notifications read. → {changed, unread} */
@@ -747,7 +786,7 @@
     if (!ids.length) return Promise.resolve({ changed: 0, unread: this._unread });
     ids.forEach(function (id) { self._extra.delete(id); });
     return this._request('POST', '/v1/notifications/read', { ids: ids })
-      .then(function (r) { return self._readAnswer(r.body, { ids: ids }); });
+      .then(function (r) { return self._readAnswer(r.body, { ids: ids }); }, this._badgeBack());
   };
 
   /** Marks every notification read. → {changed, unread} */
@@ -755,7 +794,7 @@
     var self = this;
     this._extra.clear();
     return this._request('POST', '/v1/notifications/read', { all: true })
-      .then(function (r) { return self._readAnswer(r.body, { all: true }); });
+      .then(function (r) { return self._readAnswer(r.body, { all: true }); }, this._badgeBack());
   };
 
   /** Hides a notification from the inbox and counts. */
@@ -765,7 +804,7 @@
     return this._request('DELETE', '/v1/notifications/' + encodeURIComponent(id)).then(function () {
       self._post({ t: 'removed', data: { id: Number(id) } });
       self._emit('removed', { id: Number(id) });
-    });
+    }, this._badgeBack());
   };
 
   /** One inbox page, newest first. → {items, next_before, cursor} */
@@ -802,6 +841,12 @@
   P.setToken = function (token) {
     var c = decodeJwt(token);
     if (!c || c.sub !== this.user) throw new TypeError('Reddot: the new token is for another user');
+    this._post({ t: 'token', token: token });
+    this._adoptToken(token);
+  };
+
+  /** Takes `token` (this tab's or another's); the leader reconnects if it was refused. */
+  P._adoptToken = function (token) {
     this.token = token;
     if (this._leader && (this._status.state === 'unauthorized' || !this._conn)) this._restart();
   };
@@ -899,8 +944,9 @@
       h.fail(e && e.status === 401 ? 'unauthorized' : 'error');
     };
     // A read on another device answers a held poll with the new count; one made between
-    // two polls is caught by GET /v1/unread, read at start and every 15 s (ETag: usually
-    // a 304).
+    // two polls, by the next poll: it sends the ETag of the count it has, and the gateway
+    // answers at once when the count moved on. GET /v1/unread, read at start and every
+    // 15 s (usually a 304), is the fallback for gateways without that check.
     var checkUnread = function () {
       var reads = rd._reads;
       return rd._request('GET', '/v1/unread', undefined, {
@@ -916,9 +962,11 @@
       if (stopped) return;
       rd._request('GET', '/v1/poll', undefined, {
         query: { cursor: rd._lastId, timeout: timeout }, signal: ctrl.signal, timeout: (timeout + 15) * 1000,
+        headers: etag ? { 'If-None-Match': etag } : undefined,
       }).then(function (r) {
         if (stopped) return;
         if (r.status === 200 && r.body) {
+          if (r.body.unread && r.headers.get('ETag')) etag = r.headers.get('ETag');
           if (r.body.reset) h.event('reset', { reason: 'gap_too_large' });
           (r.body.notifications || []).forEach(function (n) { h.event('notification', n); });
           if (r.body.unread) h.event('unread', r.body.unread);

@@ -1,0 +1,165 @@
+// reddot.js when things go wrong around it: the app's token endpoint failing, a token
+// replaced in a tab that does not hold the connection, reads and deletes that fail, and
+// listeners that throw.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  launchBrowser, withStack, staticSite, watchErrors, openDemo, waitState, signJwt, sleep, waitFor,
+} from './harness.mjs';
+
+let browser;
+before(async () => { browser = await launchBrowser(); });
+after(async () => { await browser?.close(); });
+
+// An app page of another (allowed) origin. `make` starts a client whose getToken fails
+// `failTokens` times before it mints a token again.
+const PAGE = `<!DOCTYPE html><html><head><meta charset="utf-8"><title>app</title></head><body>
+<script>
+  const gateway = new URLSearchParams(location.search).get('gw');
+  const s = document.createElement('script');
+  s.src = gateway + '/reddot.js';
+  s.onload = () => { window.ready = true; };
+  document.head.append(s);
+  window.make = (options) => {
+    const log = { notifications: [], badges: [], statuses: [], tokenCalls: 0 };
+    let failTokens = options.failTokens || 0;
+    const rd = new Reddot({ gateway, share: false, minBackoff: 100, maxBackoff: 500, ...options,
+      getToken: async () => {
+        log.tokenCalls++;
+        if (failTokens > 0) { failTokens--; throw new Error('token endpoint down'); }
+        return window.mintToken(options.user);
+      } });
+    rd.on('notification', (n) => log.notifications.push(n.id));
+    rd.on('unread', (u) => log.badges.push(u.badge));
+    rd.on('status', (st) => log.statuses.push(st.state + (st.reason ? ':' + st.reason : '')));
+    window.rd = rd;
+    window.log = log;
+  };
+</script></body></html>`;
+
+async function appPage(context, site, stack) {
+  const page = watchErrors(await context.newPage());
+  await page.exposeFunction('mintToken', (user) => stack.token(user));
+  await page.goto(`${site.origin}/app.html?gw=${encodeURIComponent(stack.gatewayUrl)}`);
+  await page.waitForFunction(() => window.ready === true);
+  return page;
+}
+
+const logOf = (page) => page.evaluate(() => window.log);
+const badgeOf = async (page) => (await logOf(page)).badges.at(-1);
+/** The badge the client would show now (its next `unread` event), emitted or not. */
+const badgeNow = (page) => page.evaluate(() => window.rd.unread && window.rd.unread.badge);
+
+async function withApp(fn) {
+  const site = await staticSite({ '/app.html': PAGE });
+  try {
+    await withStack({ extraOrigins: [site.origin] }, async (stack) => {
+      const context = await browser.newContext();
+      try {
+        await fn(stack, await appPage(context, site, stack), context);
+      } finally {
+        await context.close();
+      }
+    });
+  } finally {
+    await site.close();
+  }
+}
+
+test('a getToken that fails once is asked again, and the stream resumes', async () => {
+  await withApp(async (stack, page) => {
+    const user = 'token-flaky';
+    const expiry = Math.floor(Date.now() / 1000) + 3;
+    const short = signJwt(stack.env.REDDOT_JWT_SECRET, { sub: user, exp: expiry });
+    await page.evaluate(([token, u]) => window.make({ token, user: u, transport: 'sse', failTokens: 1 }),
+      [short, user]);
+    await waitFor(async () => (await page.evaluate(() => window.rd.status.state)) === 'open',
+      { message: 'open' });
+    await sleep(Math.max(0, expiry * 1000 - Date.now()) + 500);
+
+    // The first getToken fails: the client backs off and asks again, never gives up.
+    await waitFor(async () => (await logOf(page)).tokenCalls >= 2, { timeout: 10_000, message: 'getToken asked again' });
+    await waitFor(async () => (await page.evaluate(() => window.rd.status.state)) === 'open',
+      { timeout: 10_000, message: 'open again' });
+    const later = (await stack.notify(user, 'after the token came back')).id;
+    await waitFor(async () => (await logOf(page)).notifications.includes(later), { message: 'delivered' });
+    const log = await logOf(page);
+    assert.ok(log.statuses.includes('reconnecting:token_refresh_failed'), log.statuses.join(' '));
+    assert.ok(!log.statuses.some((st) => st.startsWith('unauthorized')), log.statuses.join(' '));
+  });
+});
+
+test('a read or delete that fails puts the server count back on the badge', async () => {
+  await withApp(async (stack, page, context) => {
+    const user = 'reads-fail';
+    for (let i = 0; i < 3; i++) await stack.notify(user, `old ${i}`);
+    await page.evaluate(([token, u]) => window.make({ token, user: u, transport: 'sse' }),
+      [await stack.token(user), user]);
+    await waitFor(async () => (await badgeOf(page)) === 3, { message: 'badge 3' });
+    const live = (await stack.notify(user, 'live')).id;
+    await waitFor(async () => (await badgeOf(page)) === 4, { message: 'badge 4 with the live one' });
+
+    // A read naming an unknown id: 404, and the live one is not read.
+    const refused = await page.evaluate((id) => window.rd.markRead([id, 999999]).then(
+      () => 'resolved', (e) => `rejected ${e.status}`), live);
+    assert.equal(refused, 'rejected 404');
+    await waitFor(async () => (await badgeNow(page)) === 4, { message: 'badge back to 4 after the 404' });
+
+    // markAllRead and remove cut off by the network.
+    await context.route(/\/v1\/notifications\/(read|\d+)$/, (route) => route.abort('connectionreset'));
+    for (const call of ['markAllRead', 'remove']) {
+      const outcome = await page.evaluate(([c, id]) => (c === 'remove' ? window.rd.remove(id) : window.rd.markAllRead())
+        .then(() => 'resolved', () => 'rejected'), [call, live]);
+      assert.equal(outcome, 'rejected', call);
+      await waitFor(async () => (await badgeNow(page)) === 4, { message: `badge back to 4 after ${call}` });
+    }
+    const server = await (await fetch(`${stack.gatewayUrl}/v1/unread`, {
+      headers: { authorization: `Bearer ${await stack.token(user)}` },
+    })).json();
+    assert.equal(server.count, 4);
+  });
+});
+
+test('a listener that throws when called at once still gets its unsubscribe function', async () => {
+  await withApp(async (stack, page) => {
+    const user = 'throwing-listener';
+    await page.evaluate(([token, u]) => window.make({ token, user: u, transport: 'sse' }),
+      [await stack.token(user), user]);
+    await waitFor(async () => (await page.evaluate(() => window.rd.status.state)) === 'open', { message: 'open' });
+    const got = await page.evaluate(() => {
+      window.onerror = () => true; // the rethrown error is the test's own
+      const off = window.rd.on('status', () => { throw new Error('listener bug'); });
+      return typeof off;
+    });
+    assert.equal(got, 'function');
+  });
+});
+
+test('setToken in a tab that does not hold the connection revives the shared one', async () => {
+  await withStack({}, async (stack) => {
+    const context = await browser.newContext();
+    try {
+      const user = 'token-in-follower';
+      const expiry = Math.floor(Date.now() / 1000) + 3;
+      const short = signJwt(stack.env.REDDOT_JWT_SECRET, { sub: user, exp: expiry });
+      // The demo's getToken returns the same token: past exp both tabs are unauthorized.
+      const tabs = [await openDemo(context, stack, short), await openDemo(context, stack, short)];
+      for (const tab of tabs) await waitState(tab);
+      const leaders = await Promise.all(tabs.map((t) => t.evaluate(() => window.demo.rd.isLeader)));
+      assert.equal(leaders.filter(Boolean).length, 1, `leaders: ${leaders}`);
+      for (const tab of tabs) await waitState(tab, 'unauthorized', 15_000);
+
+      const follower = tabs[leaders.indexOf(false)];
+      const fresh = await stack.token(user);
+      await follower.evaluate((t) => window.demo.rd.setToken(t), fresh);
+      for (const tab of tabs) await waitState(tab, 'open', 10_000);
+      const later = (await stack.notify(user, 'after setToken')).id;
+      for (const tab of tabs) {
+        await tab.waitForFunction((id) => window.demo.received.includes(id), later, { timeout: 5000 });
+      }
+    } finally {
+      await context.close();
+    }
+  });
+});
