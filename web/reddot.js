@@ -509,6 +509,10 @@
     this._leader = true;
     clearTimeout(this._timers.snapshot);
     this._setStatus({ leader: true, state: 'connecting' }, false);
+    // A tab that saw no notification yet (it opened before any cursor was stored) goes
+    // on from where the last leader left off, not from the gateway's latest id: what
+    // came during the handover is then replayed rather than missed.
+    if (this._lastId === null) this._lastId = this._readCursor();
     this._saveCursor();
     this._connect();
   };
