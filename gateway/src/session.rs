@@ -32,6 +32,9 @@ use crate::{
 /// only holds each reconnect up: 3 s made 10,000 of them take 15 s instead of 5.
 const BIND_WAIT: Duration = Duration::from_millis(250);
 
+/// Recounts after an expiry are spread over this long (see `recount_no_later_than`).
+const RECOUNT_SPREAD: Duration = Duration::from_secs(5);
+
 /// What every session needs from the node.
 pub struct SessionCtx {
     pub db: DatabaseConnection,
@@ -333,9 +336,14 @@ impl Session {
 
     /// Pushes the count again once `expires_ms` (Unix ms) has passed, if not before.
     fn recount_no_later_than(&mut self, expires_ms: i64) {
-        // A millisecond past the expiry: counted as expired only when `> now` fails.
+        // A millisecond past the expiry (counted as expired only when `> now` fails),
+        // plus a random part of RECOUNT_SPREAD: a broadcast expires for every session
+        // of the node at once, and 10,000 counts in the same instant would queue up on
+        // the database.
         let wait = u64::try_from(expires_ms + 1 - now_ms()).unwrap_or(0);
-        let at = Instant::now() + Duration::from_millis(wait);
+        let at = Instant::now()
+            + Duration::from_millis(wait)
+            + RECOUNT_SPREAD.mul_f64(rand::random::<f64>());
         if self.recount_at.is_none_or(|due| at < due) {
             self.recount_at = Some(at);
             self.arm_timer();

@@ -493,8 +493,9 @@ async fn an_expired_notification_is_neither_listed_nor_counted_nor_replayed() ->
 }
 
 /// An open tab's badge drops when a notification it counts expires: the count is
-/// pushed again at the expiry, for one counted at connect (a broadcast) and for one
-/// delivered live afterwards. Before, the badge kept counting both until the next read.
+/// pushed again within seconds of the expiry, for one counted at connect (a
+/// broadcast) and for one delivered live afterwards. Before, the badge kept counting
+/// both until the next read.
 #[tokio::test]
 async fn open_sessions_get_a_new_count_when_a_counted_notification_expires() -> anyhow::Result<()> {
     let stack = Stack::start(Backend::Sqlite).await?;
@@ -523,8 +524,9 @@ async fn open_sessions_get_a_new_count_when_a_counted_notification_expires() -> 
         counts_until_one_comment(&mut sse, live),
         counts_until_one_comment(&mut ws, live)
     )?;
+    // The live one expires 4 s after it was posted; recounts are spread over 5 s.
     assert!(
-        started.elapsed() < Duration::from_secs(8),
+        started.elapsed() < Duration::from_secs(12),
         "took {:?}; counts: SSE {sse_counts:?}, WebSocket {ws_counts:?}",
         started.elapsed()
     );
