@@ -69,7 +69,7 @@ impl View {
 }
 
 /// Does an `If-None-Match` header name `etag` (or `*`)? Weak tags compare by their value.
-pub fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+fn etag_matches(if_none_match: &str, etag: &str) -> bool {
     if_none_match
         .split(',')
         .any(|tag| tag.trim().trim_start_matches("W/") == etag || tag.trim() == "*")
@@ -143,6 +143,25 @@ impl UnreadCache {
             .map(|c| (c.view.clone(), c.mark));
         let (view, mark) = hit?;
         (self.marks.read(user).await == Some(mark)).then_some(view)
+    }
+
+    /// The user's view checked against a client's `If-None-Match`: `Ok(view)` when the
+    /// client already has it (from memory when the cache can tell), `Err(view)` with the
+    /// current view when not.
+    pub async fn check(
+        self: &Arc<Self>,
+        user: &UserId,
+        if_none_match: Option<&str>,
+    ) -> Result<Result<View, View>, StoreError> {
+        let matches = |view: &View| if_none_match.is_some_and(|v| etag_matches(v, &view.etag));
+        if if_none_match.is_some()
+            && let Some(view) = self.cached(user).await
+            && matches(&view)
+        {
+            return Ok(Ok(view));
+        }
+        let view = self.load(user).await?;
+        Ok(if matches(&view) { Ok(view) } else { Err(view) })
     }
 
     /// Reads the user's view from the database and caches it for her next polls.

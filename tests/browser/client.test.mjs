@@ -57,7 +57,8 @@ async function withApp(fn) {
     await withStack({ extraOrigins: [site.origin] }, async (stack) => {
       const context = await browser.newContext();
       try {
-        await fn(stack, await appPage(context, site, stack), context);
+        // The last argument opens another tab of the app.
+        await fn(stack, await appPage(context, site, stack), context, () => appPage(context, site, stack));
       } finally {
         await context.close();
       }
@@ -165,36 +166,26 @@ test('setToken in a tab that does not hold the connection revives the shared one
 });
 
 test('a tab that saw no notification yet takes over from the last leader\'s cursor', async () => {
-  const site = await staticSite({ '/app.html': PAGE });
-  try {
-    await withStack({ extraOrigins: [site.origin] }, async (stack) => {
-      const context = await browser.newContext();
-      try {
-        const user = 'handover';
-        const token = await stack.token(user);
-        const tabs = [await appPage(context, site, stack), await appPage(context, site, stack)];
-        // Started together: neither has a cursor when it starts (nor lists the inbox).
-        await Promise.all(tabs.map((tab) => tab.evaluate(([t, u]) => window.make({ token: t, user: u, share: true }),
-          [token, user])));
-        const state = (tab) => tab.evaluate(() => window.rd.status.state);
-        for (const tab of tabs) await waitFor(async () => (await state(tab)) === 'open', { message: 'open' });
-        const leaders = await Promise.all(tabs.map((t) => t.evaluate(() => window.rd.isLeader)));
-        assert.equal(leaders.filter(Boolean).length, 1, `leaders: ${leaders}`);
-        const [leader, follower] = leaders[0] ? tabs : [tabs[1], tabs[0]];
-        assert.equal(await follower.evaluate(() => window.rd.lastEventId), null);
+  await withApp(async (stack, first, context, anotherTab) => {
+    const user = 'handover';
+    const token = await stack.token(user);
+    const tabs = [first, await anotherTab()];
+    // Started together: neither has a cursor when it starts (nor lists the inbox).
+    await Promise.all(tabs.map((tab) => tab.evaluate(([t, u]) => window.make({ token: t, user: u, share: true }),
+      [token, user])));
+    const state = (tab) => tab.evaluate(() => window.rd.status.state);
+    for (const tab of tabs) await waitFor(async () => (await state(tab)) === 'open', { message: 'open' });
+    const leaders = await Promise.all(tabs.map((t) => t.evaluate(() => window.rd.isLeader)));
+    assert.equal(leaders.filter(Boolean).length, 1, `leaders: ${leaders}`);
+    const [leader, follower] = leaders[0] ? tabs : [tabs[1], tabs[0]];
+    assert.equal(await follower.evaluate(() => window.rd.lastEventId), null);
 
-        // A slow count (a busy gateway) widens the handover, as a slow network would.
-        await context.route(/\/v1\/unread/, async (route) => { await sleep(1000); await route.continue(); });
-        await leader.close();
-        const during = (await stack.notify(user, 'during the handover')).id;
-        await waitFor(async () => (await logOf(follower)).notifications.includes(during),
-          { timeout: 8000, message: 'the notification posted during the handover' });
-        assert.ok(await follower.evaluate(() => window.rd.isLeader));
-      } finally {
-        await context.close();
-      }
-    });
-  } finally {
-    await site.close();
-  }
+    // A slow count (a busy gateway) widens the handover, as a slow network would.
+    await context.route(/\/v1\/unread/, async (route) => { await sleep(1000); await route.continue(); });
+    await leader.close();
+    const during = (await stack.notify(user, 'during the handover')).id;
+    await waitFor(async () => (await logOf(follower)).notifications.includes(during),
+      { timeout: 8000, message: 'the notification posted during the handover' });
+    assert.ok(await follower.evaluate(() => window.rd.isLeader));
+  });
 });

@@ -137,18 +137,28 @@ async fn with_the_limit_off_one_address_opens_more_connections_than_any_burst() 
     Ok(())
 }
 
+/// A node allowing `max` sessions per user, beating every `heartbeat_secs`; alice's token.
+async fn node_with_a_session_limit(
+    stack: &Stack,
+    max: u32,
+    heartbeat_secs: u32,
+) -> anyhow::Result<(Gateway, String)> {
+    let env = stack
+        .env()
+        .with("REDDOT_MAX_SESSIONS_PER_USER", max.to_string())
+        .with("REDDOT_HEARTBEAT_SECS", heartbeat_secs.to_string());
+    let gw = Gateway::start_with("node-a", env).await?;
+    Ok((gw, stack.token("alice").await?))
+}
+
 /// Streams whose clients closed them free their places at once: at the per-user limit,
 /// a user who closed her tabs can open new ones (before, the places stayed taken until
 /// each stream's next heartbeat, 429 for up to a heartbeat).
 #[tokio::test]
 async fn closed_streams_free_their_places_at_once() -> anyhow::Result<()> {
     let stack = Stack::start(Backend::Sqlite).await?;
-    let env = stack
-        .env()
-        .with("REDDOT_MAX_SESSIONS_PER_USER", "3")
-        .with("REDDOT_HEARTBEAT_SECS", "60");
-    let gw = Gateway::start_with("node-a", env).await?;
-    let token = stack.token("alice").await?;
+    // A long heartbeat: a closed stream is not found at a heartbeat's write.
+    let (gw, token) = node_with_a_session_limit(&stack, 3, 60).await?;
     let http = reqwest::Client::new();
     let stream = gw.url(&format!("/v1/stream?access_token={token}"));
 
@@ -191,13 +201,7 @@ async fn closed_streams_free_their_places_at_once() -> anyhow::Result<()> {
 async fn at_the_per_user_limit_streams_are_refused_and_held_long_polls_make_room()
 -> anyhow::Result<()> {
     let stack = Stack::start(Backend::Sqlite).await?;
-    // (a 1 s heartbeat: dropped streams are noticed at their next write)
-    let env = stack
-        .env()
-        .with("REDDOT_MAX_SESSIONS_PER_USER", "2")
-        .with("REDDOT_HEARTBEAT_SECS", "1");
-    let gw = Gateway::start_with("node-a", env).await?;
-    let token = stack.token("alice").await?;
+    let (gw, token) = node_with_a_session_limit(&stack, 2, 1).await?;
     let http = reqwest::Client::new();
     let stream = gw.url(&format!("/v1/stream?access_token={token}"));
     let poll = gw.url(&format!("/v1/poll?timeout=60&access_token={token}"));

@@ -19,7 +19,7 @@ use crate::{
     auth::{AuthUser, query_param},
     hub::HubMsg,
     state::GatewayState,
-    unread_cache::{View, etag_matches},
+    unread_cache::View,
 };
 
 pub const MAX_TIMEOUT_SECS: u64 = 60;
@@ -88,7 +88,11 @@ pub async fn poll(
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
     {
-        Some(tag) => !count_unchanged(&state, &auth, tag).await?,
+        Some(tag) => state
+            .unread_cache
+            .check(&auth.user, Some(tag))
+            .await?
+            .is_err(),
         None => false,
     };
     loop {
@@ -160,22 +164,6 @@ async fn answer(
         }
         .respond(),
     ))
-}
-
-/// Does the client's `If-None-Match` still name the user's count? From the unread cache
-/// when it can, as `/v1/unread` answers.
-async fn count_unchanged(
-    state: &GatewayState,
-    auth: &AuthUser,
-    if_none_match: &str,
-) -> Result<bool, ApiError> {
-    if let Some(view) = state.unread_cache.cached(&auth.user).await
-        && etag_matches(if_none_match, &view.etag)
-    {
-        return Ok(true);
-    }
-    let view = state.unread_cache.load(&auth.user).await?;
-    Ok(etag_matches(if_none_match, &view.etag))
 }
 
 /// A long-poll answer. A struct rather than `json!`, which would sort each

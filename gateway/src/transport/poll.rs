@@ -5,7 +5,7 @@
 use actix_web::{HttpRequest, HttpResponse, get, http::header, web};
 use reddot_shared::error::ApiError;
 
-use crate::{auth::AuthUser, state::GatewayState, unread_cache::etag_matches};
+use crate::{auth::AuthUser, state::GatewayState};
 
 #[get("/v1/unread")]
 pub async fn unread(
@@ -17,22 +17,14 @@ pub async fn unread(
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok());
-    let matches = |etag: &str| client_tag.is_some_and(|v| etag_matches(v, etag));
-    if client_tag.is_some()
-        && let Some(view) = state.unread_cache.cached(&auth.user).await
-        && matches(&view.etag)
-    {
-        return Ok(not_modified(&view.etag));
+    match state.unread_cache.check(&auth.user, client_tag).await? {
+        Ok(unchanged) => Ok(not_modified(&unchanged.etag)),
+        Err(view) => Ok(HttpResponse::Ok()
+            .insert_header((header::ETAG, view.etag))
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
+            .content_type("application/json")
+            .body(view.body.to_string())),
     }
-    let view = state.unread_cache.load(&auth.user).await?;
-    if matches(&view.etag) {
-        return Ok(not_modified(&view.etag));
-    }
-    Ok(HttpResponse::Ok()
-        .insert_header((header::ETAG, view.etag))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .content_type("application/json")
-        .body(view.body.to_string()))
 }
 
 fn not_modified(etag: &str) -> HttpResponse {
