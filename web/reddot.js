@@ -7,7 +7,7 @@
  *   rd.on("notification", n => …);   // each notification once, in id order
  *   rd.on("unread", u => badge(u.count));   // u = {count, by_kind, as_of} (+ badge, badge_by_kind: the same)
  *   rd.on("status", s => …);         // {state, transport, leader, attempt, retryIn, reason}
- *   rd.on("reset", () => reloadInbox());
+ *   rd.on("reset", r => reloadInbox());  // r.reason: gap_too_large, or cursor_ahead (see below)
  *   rd.on("read", r => …);           // {ids} or {all: true}: marked read in this browser
  *   rd.on("removed", r => …);        // {id}: deleted in this browser
  *   // "status" and "unread" listeners are also called at once with the current value.
@@ -70,6 +70,11 @@
  *   devices reach it as with long polling (GET /v1/unread every 15 s). The broker cannot
  *   end a connection at the token's `exp`, so the client does, and reconnects with a
  *   fresh token. Not part of "auto": it needs the broker's Web-MQTT port.
+ * - A cursor ahead of the gateway: after the gateway's database was restored or reset, the
+ *   cursor stored in this browser can be past every id it holds, and every new
+ *   notification would look like a duplicate. A stream (sse, ws, iframe) notices it in
+ *   its first `unread` (`as_of` below the cursor): the client goes back to `as_of`,
+ *   emits `reset` with reason `cursor_ahead` and opens a session from there.
  * - The badge: the gateway's `unread` covers ids up to `as_of`; notifications received
  *   with a larger id are not in its count yet. So the client adds them: the `unread`
  *   event's `count` and `by_kind` are the exact badge on every transport (`as_of` the
@@ -311,13 +316,15 @@
     return v !== null && /^\d+$/.test(v) ? Number(v) : null;
   };
 
-  P._saveCursor = function () {
+  /** Stores the cursor; `back`: also when it is below the stored one. */
+  P._saveCursor = function (back) {
     var s = storage();
     if (!s || this._lastId === null) return;
     try {
-      // Never move the stored cursor back (another instance may be ahead).
+      // Never move the stored cursor back (another instance may be ahead), unless the
+      // gateway says that what it holds ends below it (see _cursorAhead).
       var stored = this._readCursor();
-      if (stored === null || this._lastId > stored) s.setItem(this._cursorKey, String(this._lastId));
+      if (stored === null || this._lastId > stored || back) s.setItem(this._cursorKey, String(this._lastId));
     } catch (e) { /* storage full or disabled: resume from the page's list instead */ }
   };
 
@@ -337,14 +344,28 @@
     var self = this;
     this._extra.forEach(function (_, id) { if (id <= asOf) self._extra.delete(id); });
     if (this._afterReset) {
-      // After a reset the gateway skipped to its latest id: so do we.
+      // After a reset the gateway skipped to its latest id (or, see _cursorAhead, went
+      // back to it): so do we.
       this._afterReset = false;
-      if (this._lastId === null || asOf > this._lastId) {
+      if (this._lastId !== asOf) {
         this._lastId = asOf;
-        if (this._leader) this._saveCursor();
+        if (this._leader) this._saveCursor(true);
       }
     }
     clearTimeout(this._timers.snapshot);
+  };
+
+  /**
+   * Is the cursor ahead of everything the gateway holds for this user? After a restore
+   * or a reset of the gateway's database (or a purge of its newest rows) the ids go on
+   * below it, and every new notification would be dropped as a duplicate, for good.
+   * Only a stream's first `unread` tells: its `as_of` is the largest id that ever
+   * concerned the user (polling's `latest_id` drops below the cursor when the newest
+   * notification is deleted, which is no sign of anything).
+   */
+  P._cursorAhead = function (kind, u) {
+    return (kind === 'sse' || kind === 'ws' || kind === 'iframe') && !!u && typeof u.as_of === 'number' &&
+      this._lastId !== null && u.as_of < this._lastId;
   };
 
   P._badgeView = function () {
@@ -553,6 +574,20 @@
       var h = {
         event: function (type, data) {
           if (gen !== self._gen || ended) return;
+          if (type === 'unread' && !live && self._cursorAhead(kind, data)) {
+            // Go back to the gateway's ids (every tab: the reset makes them take `as_of`
+            // from the count that follows), tell the app to reload its inbox, and open
+            // a session from there: this one skips every id up to the old cursor.
+            ended = true;
+            clearTimeout(self._timers.open);
+            var c = self._conn;
+            self._conn = null;
+            if (c) c.close();
+            self._ingest('reset', { reason: 'cursor_ahead' }, true);
+            self._ingest('unread', data, true);
+            self._connect();
+            return;
+          }
           self._ingest(type, data, true);
           if (type === 'unread' && !live) {
             live = true;

@@ -1,6 +1,6 @@
 // reddot.js when things go wrong around it: the app's token endpoint failing, a token
-// replaced in a tab that does not hold the connection, reads and deletes that fail, and
-// listeners that throw.
+// replaced in a tab that does not hold the connection, reads and deletes that fail,
+// listeners that throw, and a stored cursor the gateway's database no longer reaches.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -22,7 +22,7 @@ const PAGE = `<!DOCTYPE html><html><head><meta charset="utf-8"><title>app</title
   s.onload = () => { window.ready = true; };
   document.head.append(s);
   window.make = (options) => {
-    const log = { notifications: [], badges: [], statuses: [], tokenCalls: 0 };
+    const log = { notifications: [], badges: [], statuses: [], resets: [], tokenCalls: 0 };
     let failTokens = options.failTokens || 0;
     const rd = new Reddot({ gateway, share: false, minBackoff: 100, maxBackoff: 500, ...options,
       getToken: async () => {
@@ -33,6 +33,7 @@ const PAGE = `<!DOCTYPE html><html><head><meta charset="utf-8"><title>app</title
     rd.on('notification', (n) => log.notifications.push(n.id));
     rd.on('unread', (u) => log.badges.push(u.badge));
     rd.on('status', (st) => log.statuses.push(st.state + (st.reason ? ':' + st.reason : '')));
+    rd.on('reset', (r) => log.resets.push(r.reason));
     window.rd = rd;
     window.log = log;
   };
@@ -187,5 +188,37 @@ test('a tab that saw no notification yet takes over from the last leader\'s curs
     await waitFor(async () => (await logOf(follower)).notifications.includes(during),
       { timeout: 8000, message: 'the notification posted during the handover' });
     assert.ok(await follower.evaluate(() => window.rd.isLeader));
+  });
+});
+
+test('a stored cursor ahead of the gateway (its database restored) goes back, and new notifications arrive', async () => {
+  await withApp(async (stack, page) => {
+    for (const transport of ['sse', 'ws']) {
+      const user = `restored-${transport}`;
+      const before = (await stack.notify(user, 'before the restore')).id;
+      // The cursor an earlier database left in this browser, far past today's ids.
+      await page.evaluate(([u, t]) => {
+        const gw = new URLSearchParams(location.search).get('gw');
+        localStorage.setItem(`reddot:${new URL(gw).origin}:${u}:cursor`, '100000');
+        return window.rd ? window.rd.close() : undefined;
+      }, [user, transport]);
+      await page.evaluate(([token, u, t]) => window.make({ token, user: u, transport: t }),
+        [await stack.token(user), user, transport]);
+      await waitFor(async () => (await logOf(page)).resets.includes('cursor_ahead'),
+        { message: `${transport}: reset for the cursor ahead` });
+      await waitFor(async () => (await page.evaluate(() => window.rd.status.state)) === 'open',
+        { message: `${transport}: open again` });
+      assert.equal(await page.evaluate(() => window.rd.lastEventId), before);
+
+      const live = (await stack.notify(user, 'after the restore')).id;
+      await waitFor(async () => (await logOf(page)).notifications.includes(live),
+        { message: `${transport}: the new notification delivered, not dropped as a duplicate` });
+      const stored = await page.evaluate((u) => {
+        const gw = new URLSearchParams(location.search).get('gw');
+        return localStorage.getItem(`reddot:${new URL(gw).origin}:${u}:cursor`);
+      }, user);
+      assert.equal(stored, String(live));
+      assert.deepEqual((await logOf(page)).resets, ['cursor_ahead'], transport);
+    }
   });
 });
