@@ -35,7 +35,9 @@
  *   forever-iframe posting messages; the page's origin must be in the gateway's
  *   REDDOT_ALLOWED_ORIGINS), "mqtt" (MQTT 3.1.1 over RabbitMQ's Web-MQTT, see below) and
  *   "auto": SSE, falling back to WebSocket, then long polling,
- *   when a transport fails twice while the gateway itself answers. A long poll is also
+ *   when a transport fails twice while the gateway itself answers; live on a fallback,
+ *   it tries SSE again after `upgradeAfter` (5 min, doubling while SSE still fails, at
+ *   most an hour), so a passing fault does not keep the page on long polling. A long poll is also
  *   answered by a read on another device (with the new count and no notifications); the
  *   iframe cannot see a stream cut mid-way, so a watchdog checks it.
  * - A connection counts as up once the gateway's first `unread` arrives (every transport
@@ -103,6 +105,7 @@
     openTimeout: 10000,   // ms for a new connection to deliver its first `unread`
     iframeCheckInterval: 5000, // ms between the iframe transport's liveness checks
     failuresBeforeFallback: 2, // auto: failures of one transport before trying the next
+    upgradeAfter: 300000, // ms live on a fallback before auto tries SSE again (doubling; 0: never)
     mqtt: null,           // {url}: the broker's Web-MQTT endpoint, for transport "mqtt"
   };
 
@@ -205,6 +208,7 @@
     this._attempt = 0;
     this._failures = {};
     this._autoIndex = 0;
+    this._upgrades = 0;      // auto: tries of the first transport since it last went live
     this._unread = null;     // {count, by_kind, as_of} as last said by the gateway
     this._extra = new Map(); // id → kind: received, unread, id > _unread.as_of
     this._afterReset = false;
@@ -595,6 +599,7 @@
             self._attempt = 0;
             self._failures[kind] = 0;
             self._setStatus({ state: 'open', transport: kind, attempt: 0, retryIn: null, reason: null });
+            self._planUpgrade(gen, kind);
           }
         },
         fail: function (reason) {
@@ -617,6 +622,30 @@
       if (gen !== self._gen || self._closed) return;
       self._onFail(kind, false, err && err.status === 401 ? 'unauthorized' : 'down');
     });
+  };
+
+  /**
+   * auto, live on a fallback: try the first transport again after `upgradeAfter` ms,
+   * twice as long after each try that fell back again (at most an hour). A proxy that
+   * broke SSE for a while, or a node that refused it while stopping, would otherwise
+   * keep the page on long polling until it reloads. The try reconnects from the cursor,
+   * so nothing is missed while it lasts.
+   */
+  P._planUpgrade = function (gen, kind) {
+    if (this.options.transport !== 'auto') return;
+    if (kind === AUTO_ORDER[0]) {
+      this._upgrades = 0;
+      return;
+    }
+    var after = this.options.upgradeAfter;
+    if (!(after > 0)) return;
+    var self = this;
+    clearTimeout(this._timers.upgrade);
+    this._timers.upgrade = setTimeout(function () {
+      if (gen !== self._gen || self._closed || !self._leader) return;
+      self._upgrades++;
+      self._restart();
+    }, Math.min(after * Math.pow(2, this._upgrades), 3600000));
   };
 
   /** Decides what a failed connection means, then schedules the next attempt. */
@@ -703,6 +732,7 @@
     this._gen++;
     clearTimeout(this._timers.retry);
     clearTimeout(this._timers.open);
+    clearTimeout(this._timers.upgrade);
     var c = this._conn;
     this._conn = null;
     if (c) c.close();

@@ -222,3 +222,34 @@ test('a stored cursor ahead of the gateway (its database restored) goes back, an
     }
   });
 });
+
+test('auto goes back to SSE once it works again, and tries less often while it does not', async () => {
+  await withApp(async (stack, page, context) => {
+    const user = 'upgrade-back';
+    // A proxy breaks SSE for a while: auto falls back to WebSocket.
+    let sseTries = 0;
+    await context.route(/\/v1\/stream/, (route) => { sseTries++; return route.abort('connectionreset'); });
+    await page.evaluate(([token, u]) => window.make({ token, user: u, transport: 'auto', upgradeAfter: 1000 }),
+      [await stack.token(user), user]);
+    const state = () => page.evaluate(() => `${window.rd.status.state}/${window.rd.status.transport}`);
+    await waitFor(async () => (await state()) === 'open/ws', { timeout: 15_000, message: 'open on ws' });
+    const first = (await stack.notify(user, 'over ws')).id;
+    await waitFor(async () => (await logOf(page)).notifications.includes(first), { message: 'delivered over ws' });
+
+    // Still broken: the tries of SSE come after 1 s, then 2 s (each falls back to ws).
+    const triesBefore = sseTries;
+    await waitFor(async () => sseTries > triesBefore && (await state()) === 'open/ws',
+      { timeout: 15_000, message: 'SSE tried again, back on ws' });
+    const second = sseTries;
+    await sleep(1500);
+    assert.equal(sseTries, second, 'the second try waits longer than the first');
+
+    // The proxy is fixed: the next try stays on SSE.
+    await context.unroute(/\/v1\/stream/);
+    await waitFor(async () => (await state()) === 'open/sse', { timeout: 20_000, message: 'back on SSE' });
+    const later = (await stack.notify(user, 'over SSE again')).id;
+    await waitFor(async () => (await logOf(page)).notifications.includes(later), { message: 'delivered over SSE' });
+    const { notifications } = await logOf(page);
+    assert.deepEqual(notifications, [first, later], 'each once, nothing missed');
+  });
+});
