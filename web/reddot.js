@@ -95,6 +95,8 @@
 
   var TRANSPORTS = ['sse', 'ws', 'longpoll', 'poll', 'iframe', 'mqtt'];
   var AUTO_ORDER = ['sse', 'ws', 'longpoll'];
+  // Transports whose sessions get `unread` pushed by the gateway after reads and deletes.
+  var STREAMS = { sse: true, ws: true, iframe: true };
   var DEFAULTS = {
     transport: 'auto',
     share: true,          // one connection per browser and user (Web Locks + BroadcastChannel)
@@ -368,7 +370,7 @@
    * notification is deleted, which is no sign of anything).
    */
   P._cursorAhead = function (kind, u) {
-    return (kind === 'sse' || kind === 'ws' || kind === 'iframe') && !!u && typeof u.as_of === 'number' &&
+    return STREAMS[kind] === true && !!u && typeof u.as_of === 'number' &&
       this._lastId !== null && u.as_of < this._lastId;
   };
 
@@ -450,6 +452,7 @@
         this._emit('read', m.data);
         break;
       case 'removed':
+        if (m.data) this._extra.delete(Number(m.data.id));
         this._emit('removed', m.data);
         break;
       case 'token': // setToken in another tab: the shared connection is the leader's
@@ -827,6 +830,22 @@
     return answer;
   };
 
+  /** Puts the server's count on the badge (of every tab, with `share`). */
+  P._recount = function (share) {
+    var self = this;
+    var reads = self._reads;
+    self._request('GET', '/v1/unread').then(function (r) {
+      // A read answered meanwhile is newer than this count.
+      if (self._closed || reads !== self._reads || !r.body) return;
+      if (share) {
+        self._reads++;
+        self._post({ t: 'unread', data: r.body });
+      }
+      self._applyUnread(r.body);
+      self._emit('unread', self._badgeView());
+    }, function () { /* offline: the next push or reconnect corrects it */ });
+  };
+
   /**
    * The rejection handler of a read or delete: the badge already dropped what it was
    * for (so it does not wait for the answer), so a failure (404, network, 401) puts the
@@ -835,13 +854,7 @@
   P._badgeBack = function () {
     var self = this;
     return function (err) {
-      var reads = self._reads;
-      self._request('GET', '/v1/unread').then(function (r) {
-        // A read answered meanwhile is newer than this count.
-        if (self._closed || reads !== self._reads || !r.body) return;
-        self._applyUnread(r.body);
-        self._emit('unread', self._badgeView());
-      }, function () { /* offline too: the next push or reconnect corrects it */ });
+      self._recount(false);
       throw err;
     };
   };
@@ -873,6 +886,9 @@
     return this._request('DELETE', '/v1/notifications/' + encodeURIComponent(id)).then(function () {
       self._post({ t: 'removed', data: { id: Number(id) } });
       self._emit('removed', { id: Number(id) });
+      // A delete answers no count, and only streams get one pushed: on polling the
+      // badge kept counting the removed notification until the next poll.
+      if (!STREAMS[self._status.transport]) self._recount(true);
     }, this._badgeBack());
   };
 

@@ -253,3 +253,19 @@ test('auto goes back to SSE once it works again, and tries less often while it d
     assert.deepEqual(notifications, [first, later], 'each once, nothing missed');
   });
 });
+
+test('remove() on polling takes the notification off the badge at once, not at the next poll', async () => {
+  await withApp(async (stack, page) => {
+    const user = 'remove-on-poll';
+    const ids = [];
+    for (let i = 0; i < 3; i++) ids.push((await stack.notify(user, `n${i}`)).id);
+    // Polls far apart: only the client's own recount can move the badge in time.
+    await page.evaluate(([token, u]) => window.make({ token, user: u, transport: 'poll', pollInterval: 60_000 }),
+      [await stack.token(user), user]);
+    await waitFor(async () => (await badgeOf(page)) === 3, { message: 'badge 3' });
+    await page.evaluate((id) => window.rd.remove(id), ids[2]);
+    await waitFor(async () => (await badgeOf(page)) === 2, { message: 'badge 2 after removing the newest' });
+    await page.evaluate((id) => window.rd.remove(id), ids[0]);
+    await waitFor(async () => (await badgeOf(page)) === 1, { message: 'badge 1 after removing the oldest' });
+  });
+});
