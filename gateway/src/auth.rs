@@ -48,10 +48,18 @@ fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
             })?
         }
     };
-    let verified = auth::verify(state.jwt_secret.expose(), token).map_err(|e| match e {
+    let verified = auth::verify(
+        state.jwt_secret.expose(),
+        token,
+        state.jwt_audience.as_deref(),
+    )
+    .map_err(|e| match e {
         AuthError::Expired => ApiError::unauthorized("the token has expired"),
         AuthError::BadSubject => ApiError::unauthorized("the token's sub is not a valid user id"),
         AuthError::TooLong => ApiError::unauthorized("the token is too long"),
+        AuthError::WrongAudience => ApiError::unauthorized(
+            "the token's aud does not name this gateway (REDDOT_JWT_AUDIENCE)",
+        ),
         _ => ApiError::unauthorized("invalid token"),
     })?;
     Ok(AuthUser {

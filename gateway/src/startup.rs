@@ -80,6 +80,7 @@ impl Application {
         let state = web::Data::new(GatewayState {
             db: db.clone(),
             jwt_secret: settings.jwt_secret.clone(),
+            jwt_audience: settings.jwt_audience.clone(),
             sessions: Arc::new(SessionCtx {
                 db,
                 hub: hub.clone(),

@@ -13,6 +13,8 @@ use crate::{
 pub struct GatewayState {
     pub db: DatabaseConnection,
     pub jwt_secret: Secret,
+    /// `REDDOT_JWT_AUDIENCE`: tokens must name it in `aud`.
+    pub jwt_audience: Option<String>,
     pub sessions: Arc<SessionCtx>,
     pub allowed_origins: Vec<String>,
     pub amqp_connected: Arc<AtomicBool>,

@@ -108,6 +108,7 @@ impl Application {
             amqp_pool,
             amqp_ok,
             jwt_secret: settings.jwt_secret.clone(),
+            jwt_audience: settings.jwt_audience.clone(),
             max_body_bytes: settings.max_body_bytes,
         });
         let keys = web::Data::new(ApiKeys(settings.api_keys.clone()));

@@ -1,5 +1,10 @@
 //! Gateway tokens: HS256 JWTs whose `sub` is the user id and whose `exp` is required.
 //! The producer mints them (`POST /api/v1/tokens`), the gateway verifies them.
+//!
+//! A deployment whose secret also signs other tokens (the app's own sessions, say) sets
+//! an audience (`REDDOT_JWT_AUDIENCE`): the gateway then takes only tokens whose `aud`
+//! names it, so no other token of that secret opens a stream, and the producer mints
+//! with it.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use serde::{Deserialize, Serialize};
@@ -24,6 +29,8 @@ pub struct Claims {
     pub iat: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
 }
 
 /// A verified token: who it is for and when it stops being valid.
@@ -44,18 +51,27 @@ pub enum AuthError {
     Invalid(String),
     #[error("the token's sub is not a valid user id")]
     BadSubject,
+    #[error("the token is not for this audience")]
+    WrongAudience,
     #[error("could not sign the token")]
     Sign,
 }
 
-/// Signs a token for `user` valid for `ttl_secs`; returns it with its expiry (Unix seconds).
-pub fn mint(secret: &str, user: &UserId, ttl_secs: i64) -> Result<(String, i64), AuthError> {
+/// Signs a token for `user` valid for `ttl_secs`, naming `audience` if given; returns it
+/// with its expiry (Unix seconds).
+pub fn mint(
+    secret: &str,
+    user: &UserId,
+    ttl_secs: i64,
+    audience: Option<&str>,
+) -> Result<(String, i64), AuthError> {
     let now = chrono::Utc::now().timestamp();
     let claims = Claims {
         sub: user.as_str().to_owned(),
         exp: now + ttl_secs,
         iat: Some(now),
         nbf: None,
+        aud: audience.map(str::to_owned),
     };
     let token = encode(
         &Header::new(Algorithm::HS256),
@@ -75,10 +91,30 @@ struct Presented {
     exp: f64,
     #[serde(default)]
     nbf: Option<f64>,
+    #[serde(default)]
+    aud: Option<Aud>,
 }
 
-/// Verifies signature (HS256 only), `exp` and `nbf` with [`LEEWAY_SECS`], and `sub`.
-pub fn verify(secret: &str, token: &str) -> Result<Verified, AuthError> {
+/// RFC 7519's `aud`: one string, or an array of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Aud {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Aud {
+    fn names(&self, audience: &str) -> bool {
+        match self {
+            Aud::One(a) => a == audience,
+            Aud::Many(all) => all.iter().any(|a| a == audience),
+        }
+    }
+}
+
+/// Verifies signature (HS256 only), `exp` and `nbf` with [`LEEWAY_SECS`], `sub`, and,
+/// when `audience` is given, that `aud` names it (without one, `aud` is not read).
+pub fn verify(secret: &str, token: &str, audience: Option<&str>) -> Result<Verified, AuthError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(AuthError::TooLong);
     }
@@ -105,6 +141,11 @@ pub fn verify(secret: &str, token: &str) -> Result<Verified, AuthError> {
     if claims.nbf.is_some_and(|nbf| nbf > now + leeway) {
         return Err(AuthError::Invalid("ImmatureSignature".into()));
     }
+    if let Some(audience) = audience
+        && !claims.aud.as_ref().is_some_and(|aud| aud.names(audience))
+    {
+        return Err(AuthError::WrongAudience);
+    }
     let user = UserId::parse(&claims.sub).map_err(|_| AuthError::BadSubject)?;
     Ok(Verified {
         user,
@@ -122,24 +163,27 @@ mod tests {
     #[test]
     fn a_minted_token_verifies_for_its_user() -> anyhow::Result<()> {
         let alice = UserId::parse("alice")?;
-        let (token, exp) = mint(SECRET, &alice, 60)?;
-        let v = verify(SECRET, &token)?;
+        let (token, exp) = mint(SECRET, &alice, 60, None)?;
+        let v = verify(SECRET, &token, None)?;
         assert_eq!(v.user, alice);
         assert_eq!(v.expires_at, exp);
-        assert!(verify("another-secret-entirely-0123456", &token).is_err());
+        assert!(verify("another-secret-entirely-0123456", &token, None).is_err());
         Ok(())
     }
 
     #[test]
     fn expired_tokens_fail_after_the_leeway() -> anyhow::Result<()> {
         let alice = UserId::parse("alice")?;
-        let (inside, _) = mint(SECRET, &alice, -10)?;
+        let (inside, _) = mint(SECRET, &alice, -10, None)?;
         assert!(
-            verify(SECRET, &inside).is_ok(),
+            verify(SECRET, &inside, None).is_ok(),
             "10 s past exp is within the 30 s leeway"
         );
-        let (outside, _) = mint(SECRET, &alice, -60)?;
-        assert!(matches!(verify(SECRET, &outside), Err(AuthError::Expired)));
+        let (outside, _) = mint(SECRET, &alice, -60, None)?;
+        assert!(matches!(
+            verify(SECRET, &outside, None),
+            Err(AuthError::Expired)
+        ));
         Ok(())
     }
 
@@ -150,10 +194,11 @@ mod tests {
             exp: i64::MAX,
             iat: None,
             nbf: None,
+            aud: None,
         };
         let key = EncodingKey::from_secret(SECRET.as_bytes());
         let token = encode(&Header::new(Algorithm::HS256), &claims, &key)?;
-        let v = verify(SECRET, &token)?;
+        let v = verify(SECRET, &token, None)?;
         assert_eq!(v.expires_at, MAX_EXP);
         assert!(v.expires_at.checked_mul(1000).is_some());
         Ok(())
@@ -171,14 +216,20 @@ mod tests {
         let token = sign(&serde_json::json!({
             "sub": "alice", "exp": now + 100.5, "iat": now, "nbf": now - 0.25
         }))?;
-        let v = verify(SECRET, &token)?;
+        let v = verify(SECRET, &token, None)?;
         assert_eq!(v.user.as_str(), "alice");
         assert_eq!(v.expires_at, (now + 100.5).floor() as i64);
         let expired = sign(&serde_json::json!({"sub": "alice", "exp": now - 60.5}))?;
-        assert!(matches!(verify(SECRET, &expired), Err(AuthError::Expired)));
+        assert!(matches!(
+            verify(SECRET, &expired, None),
+            Err(AuthError::Expired)
+        ));
         let early =
             sign(&serde_json::json!({"sub": "alice", "exp": now + 600.0, "nbf": now + 60.5}))?;
-        assert!(matches!(verify(SECRET, &early), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            verify(SECRET, &early, None),
+            Err(AuthError::Invalid(_))
+        ));
         Ok(())
     }
 
@@ -193,9 +244,38 @@ mod tests {
         ] {
             let token = sign(&claims)?;
             assert!(
-                matches!(verify(SECRET, &token), Err(AuthError::Invalid(_))),
+                matches!(verify(SECRET, &token, None), Err(AuthError::Invalid(_))),
                 "{claims}"
             );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn with_an_audience_only_tokens_naming_it_are_valid() -> anyhow::Result<()> {
+        let alice = UserId::parse("alice")?;
+        let exp = chrono::Utc::now().timestamp() + 600;
+        let (minted, _) = mint(SECRET, &alice, 60, Some("reddot"))?;
+        assert_eq!(verify(SECRET, &minted, Some("reddot"))?.user, alice);
+        let listed =
+            sign(&serde_json::json!({"sub": "alice", "exp": exp, "aud": ["app", "reddot"]}))?;
+        assert_eq!(verify(SECRET, &listed, Some("reddot"))?.user, alice);
+        for claims in [
+            serde_json::json!({"sub": "alice", "exp": exp}),
+            serde_json::json!({"sub": "alice", "exp": exp, "aud": "app"}),
+            serde_json::json!({"sub": "alice", "exp": exp, "aud": ["app"]}),
+            serde_json::json!({"sub": "alice", "exp": exp, "aud": "Reddot"}),
+        ] {
+            let token = sign(&claims)?;
+            assert!(
+                matches!(
+                    verify(SECRET, &token, Some("reddot")),
+                    Err(AuthError::WrongAudience)
+                ),
+                "{claims}"
+            );
+            // Without an audience set, `aud` is not read at all.
+            assert!(verify(SECRET, &token, None).is_ok(), "{claims}");
         }
         Ok(())
     }

@@ -51,6 +51,10 @@ pub struct Settings {
     pub database_url: String,
     pub amqp_url: String,
     pub jwt_secret: Secret,
+    /// `REDDOT_JWT_AUDIENCE` (unset: `aud` is not read): the gateway takes only tokens
+    /// whose `aud` names it, and the producer mints tokens with it. For a secret that
+    /// also signs tokens meant for something else.
+    pub jwt_audience: Option<String>,
     /// Keys backends send as `Authorization: Bearer <key>` to the producer.
     pub api_keys: Vec<Secret>,
     /// Origins allowed by CORS, for WebSocket upgrades and as iframe `postMessage` targets.
@@ -111,6 +115,7 @@ pub const ENV_VARS: &[&str] = &[
     "REDDOT_DATABASE_URL",
     "REDDOT_AMQP_URL",
     "REDDOT_JWT_SECRET",
+    "REDDOT_JWT_AUDIENCE",
     "REDDOT_API_KEYS",
     "REDDOT_ALLOWED_ORIGINS",
     "REDDOT_PRODUCER_ADDR",
@@ -231,6 +236,15 @@ impl Settings {
             amqp_url: get("REDDOT_AMQP_URL")
                 .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
             jwt_secret: Secret(jwt_secret),
+            jwt_audience: match get("REDDOT_JWT_AUDIENCE") {
+                Some(aud) if aud.len() > 256 => {
+                    return Err(ConfigError::Invalid {
+                        name: "REDDOT_JWT_AUDIENCE",
+                        reason: "use at most 256 characters".into(),
+                    });
+                }
+                aud => aud,
+            },
             api_keys,
             allowed_origins,
             producer_addr: get("REDDOT_PRODUCER_ADDR").unwrap_or_else(|| "0.0.0.0:8080".into()),

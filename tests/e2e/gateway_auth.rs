@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use reddot_tests::{
-    Backend, JWT_SECRET, ORIGIN, Stack,
+    Backend, Env, JWT_SECRET, ORIGIN, Stack, TestDb, Vhost,
     clients::{Connect, Events, Sse, Ws},
     gateway::{
         Gateway, now_secs, sign, sign_hs512, to_users, token_expiring_in, unsigned_token,
@@ -13,6 +13,8 @@ use reddot_tests::{
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+use crate::helpers::stack_with;
 
 const DELIVERY: Duration = Duration::from_secs(20);
 
@@ -352,5 +354,85 @@ async fn a_64_kib_token_is_refused_with_a_4xx_and_the_gateway_keeps_serving() ->
         .await?
         .expect("unread", DELIVERY)
         .await?;
+    Ok(())
+}
+
+/// `REDDOT_JWT_AUDIENCE` on both services: the producer's tokens name it and open every
+/// kind of access; a token of the same secret that does not name it (one the app signed
+/// for something else) opens nothing.
+#[tokio::test]
+async fn with_an_audience_set_only_tokens_naming_it_get_in() -> anyhow::Result<()> {
+    const AUDIENCE: &str = "reddot-gateway";
+    let with_audience = |db: &TestDb, vhost: &Vhost| {
+        Env::new(&db.url, &vhost.url()).with("REDDOT_JWT_AUDIENCE", AUDIENCE)
+    };
+    let stack = stack_with(Backend::Sqlite, with_audience).await?;
+    let gw = Gateway::start_with("node-a", with_audience(&stack.db, &stack.vhost)).await?;
+    let http = reqwest::Client::new();
+    let in_an_hour = now_secs() + 3600;
+
+    let minted = stack.token("alice").await?;
+    let mut expect_audience = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    expect_audience.set_audience(&[AUDIENCE]);
+    let claims = jsonwebtoken::decode::<Value>(
+        &minted,
+        &jsonwebtoken::DecodingKey::from_secret(JWT_SECRET.as_bytes()),
+        &expect_audience,
+    )?
+    .claims;
+    assert_eq!(claims["aud"], AUDIENCE, "{claims}");
+    let listed = sign(
+        JWT_SECRET,
+        &json!({"sub": "alice", "exp": in_an_hour, "aud": ["app", AUDIENCE]}),
+    );
+    for token in [&minted, &listed] {
+        let unread = http
+            .get(gw.url("/v1/unread"))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        assert_eq!(unread.status(), StatusCode::OK);
+    }
+    let mut sse = gw.sse(&Connect::bearer(&minted)).await?;
+    sse.expect("unread", DELIVERY).await?;
+    let sent = stack
+        .notify(&to_users(&["alice"], "for the audience"))
+        .await?;
+    assert_eq!(
+        sse.expect("notification", DELIVERY)
+            .await?
+            .notification_id(),
+        Some(sent)
+    );
+
+    for (what, claims) in [
+        ("no aud", json!({"sub": "alice", "exp": in_an_hour})),
+        (
+            "another aud",
+            json!({"sub": "alice", "exp": in_an_hour, "aud": "app"}),
+        ),
+        (
+            "a list without it",
+            json!({"sub": "alice", "exp": in_an_hour, "aud": ["app"]}),
+        ),
+    ] {
+        let token = sign(JWT_SECRET, &claims);
+        let res = http
+            .get(gw.url("/v1/unread"))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        let status = res.status();
+        assert_unauthorized(&format!("/v1/unread, {what}"), status, &res.json().await?);
+        let res = Sse::request(&http, &gw.base(), &Connect::query_token(&token)).await?;
+        let status = res.status();
+        assert_unauthorized(&format!("SSE, {what}"), status, &res.json().await?);
+        match Ws::try_open(&gw.base(), &Connect::query_token(&token)).await? {
+            Ok(_) => panic!("WebSocket accepted a token with {what}"),
+            Err(refused) => {
+                assert_unauthorized(&format!("WebSocket, {what}"), refused.status, &refused.body)
+            }
+        }
+    }
     Ok(())
 }

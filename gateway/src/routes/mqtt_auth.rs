@@ -62,6 +62,8 @@ pub type Decision = Result<(), &'static str>;
 /// What every decision needs from the gateway.
 pub struct Policy<'a> {
     pub jwt_secret: &'a str,
+    /// `REDDOT_JWT_AUDIENCE`: the token must name it, as on the gateway's own routes.
+    pub jwt_audience: Option<&'a str>,
     /// The vhost Reddot publishes in (`REDDOT_AMQP_URL`): MQTT clients get no other.
     pub vhost: &'a str,
 }
@@ -117,10 +119,13 @@ impl Policy<'_> {
         if !owns_client_id(&user, client_id) {
             return Err("client id is neither <user id> nor <user id>/<suffix>");
         }
-        let verified = auth::verify(self.jwt_secret, &form.password).map_err(|e| match e {
-            auth::AuthError::Expired => "token expired",
-            _ => "token invalid",
-        })?;
+        let verified = auth::verify(self.jwt_secret, &form.password, self.jwt_audience).map_err(
+            |e| match e {
+                auth::AuthError::Expired => "token expired",
+                auth::AuthError::WrongAudience => "token for another audience",
+                _ => "token invalid",
+            },
+        )?;
         if verified.user != user {
             return Err("token is for another user");
         }
@@ -204,6 +209,7 @@ fn subscription_client_id(queue: &str) -> Option<&str> {
 fn policy(state: &GatewayState) -> Policy<'_> {
     Policy {
         jwt_secret: state.jwt_secret.expose(),
+        jwt_audience: state.jwt_audience.as_deref(),
         vhost: &state.mqtt_vhost,
     }
 }
@@ -254,12 +260,13 @@ mod tests {
     fn policy() -> Policy<'static> {
         Policy {
             jwt_secret: SECRET,
+            jwt_audience: None,
             vhost: VHOST,
         }
     }
 
     fn token(user: &str, ttl: i64) -> anyhow::Result<String> {
-        Ok(auth::mint(SECRET, &UserId::parse(user)?, ttl)?.0)
+        Ok(auth::mint(SECRET, &UserId::parse(user)?, ttl, None)?.0)
     }
 
     fn login(username: &str, password: String, client_id: Option<&str>) -> UserForm {
@@ -340,12 +347,33 @@ mod tests {
             "another-secret-entirely-0123456",
             &UserId::parse("alice")?,
             60,
+            None,
         )?
         .0;
         assert!(
             p.user(&login("alice", wrong_secret, Some("alice")))
                 .is_err()
         );
+        Ok(())
+    }
+
+    #[test]
+    fn with_an_audience_set_a_login_needs_a_token_naming_it() -> anyhow::Result<()> {
+        let p = Policy {
+            jwt_audience: Some("reddot"),
+            ..policy()
+        };
+        let alice = UserId::parse("alice")?;
+        let for_reddot = auth::mint(SECRET, &alice, 60, Some("reddot"))?.0;
+        assert_eq!(p.user(&login("alice", for_reddot, Some("alice"))), Ok(()));
+        for audience in [None, Some("app")] {
+            let token = auth::mint(SECRET, &alice, 60, audience)?.0;
+            assert_eq!(
+                p.user(&login("alice", token, Some("alice"))),
+                Err("token for another audience"),
+                "{audience:?}"
+            );
+        }
         Ok(())
     }
 

@@ -101,7 +101,7 @@ mod properties {
         /// Arbitrary strings as tokens are refused, never a panic.
         #[test]
         fn any_string_as_a_token_is_refused(token in "\\PC{0,300}") {
-            prop_assert!(auth::verify("a-secret-of-at-least-32-characters!!", &token).is_err());
+            prop_assert!(auth::verify("a-secret-of-at-least-32-characters!!", &token, None).is_err());
         }
     }
 }

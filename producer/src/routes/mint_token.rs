@@ -78,7 +78,12 @@ pub async fn mint_token(
                 )
             })?,
     };
-    let (token, exp) =
-        auth::mint(state.jwt_secret.expose(), &user, ttl).map_err(|_| ApiError::internal())?;
+    let (token, exp) = auth::mint(
+        state.jwt_secret.expose(),
+        &user,
+        ttl,
+        state.jwt_audience.as_deref(),
+    )
+    .map_err(|_| ApiError::internal())?;
     Ok(HttpResponse::Ok().json(json!({"token": token, "expires_at": rfc3339(exp * 1000)})))
 }

@@ -22,6 +22,8 @@ pub struct AppState {
     pub amqp_pool: deadpool_lapin::Pool,
     pub amqp_ok: Arc<AtomicBool>,
     pub jwt_secret: Secret,
+    /// `REDDOT_JWT_AUDIENCE`: minted tokens name it in `aud`.
+    pub jwt_audience: Option<String>,
     pub max_body_bytes: usize,
 }
 
