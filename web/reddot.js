@@ -1335,7 +1335,9 @@
       buf = parsed.rest;
       parsed.packets.forEach(onPacket);
     };
-    // A refused CONNECT is answered with a CONNACK and a close: onPacket reports it first.
+    // Over MQTT/TCP a refused CONNECT gets a CONNACK (onPacket reports it first); over
+    // Web-MQTT RabbitMQ 3.10 just closes (1002 "unauthenticated"), also when it could not
+    // reach its auth backend: 'error' lets the /v1/unread probe tell a bad token apart.
     ws.onclose = function () { fail('error'); };
     ws.onerror = function () { /* onclose follows */ };
     var claims = decodeJwt(rd.token);

@@ -16,10 +16,9 @@
 //! relay renewing inline published nothing. The relay publishes while the last
 //! successful renew is recent enough (see [`LEASE_VALID_MS`]).
 //!
-//! With MQTT on, each targeted notification also goes to `amq.topic` once per recipient
-//! on the same channel, inside the same batch: a row is deleted only once the gateways'
-//! and the MQTT copies are all confirmed. Broadcasts reach `amq.topic` through the
-//! exchange binding the relay declares when it connects.
+//! With MQTT on, each notification also goes to `amq.topic`, once per recipient or once
+//! for a broadcast, on the same channel, inside the same batch: a row is deleted only
+//! once the gateways' and the MQTT copies are all confirmed.
 
 use std::{
     sync::{
@@ -382,7 +381,7 @@ impl Relay {
         for (notification, users) in items {
             let mut messages = amqp::encode_notification(notification, users);
             if self.mqtt {
-                messages.extend(amqp::encode_mqtt(notification, users));
+                messages.extend(amqp::encode_mqtt(notification, users, now_ms()));
             }
             for msg in messages {
                 let mut publish = Box::pin(async move {
@@ -426,9 +425,9 @@ impl Relay {
         amqp::declare_exchanges(&channel)
             .await
             .context("declaring exchanges")?;
-        amqp::declare_mqtt_route(&channel, self.mqtt)
+        amqp::remove_old_mqtt_route(&channel)
             .await
-            .context("routing broadcasts to amq.topic for MQTT")?;
+            .context("removing the old broadcast route to amq.topic")?;
         tracing::info!(mqtt = self.mqtt, "relay connected to RabbitMQ");
         Ok(Link { conn, channel })
     }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use deadpool_lapin::lapin::{
     BasicProperties, Channel, ExchangeKind,
-    options::{ExchangeBindOptions, ExchangeDeclareOptions, ExchangeUnbindOptions},
+    options::{ExchangeDeclareOptions, ExchangeUnbindOptions},
     types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString},
     uri::AMQPUri,
 };
@@ -37,6 +37,8 @@ pub const MQTT_EXCHANGE: &str = "amq.topic";
 pub const BROADCAST_ROUTING_KEY: &str = "reddot.broadcast";
 /// MQTT topic of broadcasts.
 pub const MQTT_BROADCAST_TOPIC: &str = "reddot/broadcast";
+/// How long an MQTT copy may wait in the broker for its subscriber (see [`encode_mqtt`]).
+pub const MQTT_COPY_TTL_MS: i64 = 60_000;
 const MQTT_USER_KEY_PREFIX: &str = "reddot.users.";
 
 /// AMQP `type` property of a notification message.
@@ -83,31 +85,19 @@ pub async fn declare_exchanges(channel: &Channel) -> Result<(), lapin::Error> {
         .await
 }
 
-/// Routes broadcasts into [`MQTT_EXCHANGE`] (`enabled`) or stops doing so, by adding or
-/// removing the exchange-to-exchange binding; both are idempotent. The producer's relay
-/// owns this decision (`REDDOT_MQTT_PUBLISH`), as it owns the per-user MQTT copies.
-pub async fn declare_mqtt_route(channel: &Channel, enabled: bool) -> Result<(), lapin::Error> {
-    if enabled {
-        channel
-            .exchange_bind(
-                MQTT_EXCHANGE.into(),
-                BROADCAST_EXCHANGE.into(),
-                "".into(),
-                ExchangeBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-    } else {
-        channel
-            .exchange_unbind(
-                MQTT_EXCHANGE.into(),
-                BROADCAST_EXCHANGE.into(),
-                "".into(),
-                ExchangeUnbindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-    }
+/// Removes the exchange-to-exchange binding that carried broadcasts into
+/// [`MQTT_EXCHANGE`] before broadcasts got MQTT copies of their own (see [`encode_mqtt`]);
+/// idempotent. Left in place, MQTT subscribers would get every broadcast twice.
+pub async fn remove_old_mqtt_route(channel: &Channel) -> Result<(), lapin::Error> {
+    channel
+        .exchange_unbind(
+            MQTT_EXCHANGE.into(),
+            BROADCAST_EXCHANGE.into(),
+            "".into(),
+            ExchangeUnbindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// The MQTT topic a user subscribes to: `reddot/users/<user id>`, the id verbatim.
@@ -224,20 +214,36 @@ pub fn encode_notification(n: &Notification, users: &[String]) -> Vec<Outgoing> 
     out
 }
 
-/// The copies of a targeted notification for MQTT subscribers: one per recipient, to
-/// [`MQTT_EXCHANGE`] with [`mqtt_user_routing_key`] and the same properties and payload
-/// as the gateways' message. None for a broadcast: the exchange binding carries it
-/// (see [`declare_mqtt_route`]).
+/// The copies of a notification for MQTT subscribers, to [`MQTT_EXCHANGE`] with the
+/// same payload as the gateways' message: one per recipient ([`mqtt_user_routing_key`]),
+/// or one for a broadcast ([`BROADCAST_ROUTING_KEY`]). None once it has expired.
 ///
 /// One message per recipient, not one per `CC` chunk: the plugin hands every MQTT
 /// subscriber the delivery's routing key as the topic, so with `CC` each recipient would
 /// learn the first recipient's user id and get a topic it never subscribed to.
-pub fn encode_mqtt(n: &Notification, users: &[String]) -> Vec<Outgoing> {
-    if n.audience == Audience::All {
+///
+/// Each copy expires in the broker at the notification's `expires_at`, and after
+/// [`MQTT_COPY_TTL_MS`] at the latest: a persistent MQTT session (`clean_session=false`)
+/// keeps a queue while its client is away, and would otherwise hand it expired and
+/// deleted notifications on its return, and grow for as long as the broker keeps it.
+pub fn encode_mqtt(n: &Notification, users: &[String], now_ms: i64) -> Vec<Outgoing> {
+    let ttl_ms = n
+        .expires_at
+        .map_or(MQTT_COPY_TTL_MS, |at| (at - now_ms).min(MQTT_COPY_TTL_MS));
+    if ttl_ms <= 0 {
         return Vec::new();
     }
     let payload = n.to_json().into_bytes();
-    let properties = notification_properties(n, base_headers(n));
+    let properties = notification_properties(n, base_headers(n))
+        .with_expiration(ttl_ms.to_string().as_str().into());
+    if n.audience == Audience::All {
+        return vec![Outgoing {
+            exchange: MQTT_EXCHANGE,
+            routing_key: BROADCAST_ROUTING_KEY.to_owned(),
+            payload,
+            properties,
+        }];
+    }
     users
         .iter()
         .map(|user| Outgoing {
@@ -455,7 +461,7 @@ mod tests {
     fn mqtt_gets_one_copy_per_recipient_with_the_gateways_payload() -> anyhow::Result<()> {
         let n = notification(Audience::User)?;
         let users: Vec<String> = ["alice", "a.b", "bob"].map(String::from).to_vec();
-        let copies = encode_mqtt(&n, &users);
+        let copies = encode_mqtt(&n, &users, 1000);
         let keys: Vec<&str> = copies.iter().map(|m| m.routing_key.as_str()).collect();
         assert_eq!(
             keys,
@@ -466,13 +472,36 @@ mod tests {
             assert_eq!(copy.exchange, MQTT_EXCHANGE);
             assert_eq!(copy.payload, gateway.payload);
             assert_eq!(copy.properties.delivery_mode(), &Some(2));
+            // Until the notification's expiry (5000, posted at 1000), at most a minute.
+            assert_eq!(
+                copy.properties.expiration().as_ref().map(|e| e.as_str()),
+                Some("4000")
+            );
             let headers = copy.properties.headers().clone().unwrap_or_default();
             assert!(
                 !headers.inner().contains_key(HEADER_CC),
                 "no recipient list"
             );
         }
-        assert!(encode_mqtt(&notification(Audience::All)?, &[]).is_empty());
+        assert!(
+            encode_mqtt(&n, &users, 5000).is_empty(),
+            "expired: no copies"
+        );
+
+        let mut lasting = notification(Audience::All)?;
+        lasting.expires_at = None;
+        let broadcast = encode_mqtt(&lasting, &[], 1000);
+        assert_eq!(broadcast.len(), 1);
+        assert_eq!(broadcast[0].exchange, MQTT_EXCHANGE);
+        assert_eq!(broadcast[0].routing_key, BROADCAST_ROUTING_KEY);
+        assert_eq!(
+            broadcast[0]
+                .properties
+                .expiration()
+                .as_ref()
+                .map(|e| e.as_str()),
+            Some("60000")
+        );
         Ok(())
     }
 

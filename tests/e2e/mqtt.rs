@@ -92,8 +92,9 @@ async fn auth_gateway(env: Env) -> anyhow::Result<Gateway> {
     }
 }
 
-/// One MQTT 3.1.1 connection (clean session). Its event loop runs in a task that
-/// forwards every incoming packet, and the error that ends the connection.
+/// One MQTT 3.1.1 connection (a clean session unless asked otherwise). Its event loop
+/// runs in a task that forwards every incoming packet, and the error that ends the
+/// connection.
 struct Mqtt {
     client: AsyncClient,
     packets: mpsc::UnboundedReceiver<Result<Packet, String>>,
@@ -105,8 +106,19 @@ impl Mqtt {
         client_id: &str,
         credentials: Option<(&str, &str)>,
     ) -> anyhow::Result<Result<Self, String>> {
+        Self::connect_session(client_id, credentials, true).await
+    }
+
+    /// [`Mqtt::connect`] with `clean_session` chosen: `false` asks the broker to keep
+    /// the subscriptions, and what arrives for them, while the client is away.
+    async fn connect_session(
+        client_id: &str,
+        credentials: Option<(&str, &str)>,
+        clean_session: bool,
+    ) -> anyhow::Result<Result<Self, String>> {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", MQTT_PORT);
         options
+            .set_clean_session(clean_session)
             .set_keep_alive(Duration::from_secs(30))
             .set_max_packet_size(256 * 1024, 256 * 1024);
         if let Some((username, password)) = credentials {
@@ -441,4 +453,40 @@ async fn nothing_reaches_mqtt_when_the_producer_has_it_switched_off() -> anyhow:
     // The gateways still get both; MQTT gets neither.
     assert_eq!(sse.ids_until(last, DELIVERY).await?.len(), 2);
     alice.expect_no_publish().await
+}
+
+/// A persistent session (`clean_session=false`) keeps a queue in the broker while its
+/// client is away; what expired meanwhile must not come out of it on the client's
+/// return (it once did, as did deleted ones: the copies now expire in the broker).
+#[tokio::test]
+async fn a_persistent_session_gets_nothing_that_expired_while_it_was_away() -> anyhow::Result<()> {
+    let t = MqttStack::start().await?;
+    let token = t.stack.token("carol").await?;
+    let client_id = format!("carol/{}", uuid::Uuid::new_v4().simple());
+    let connect = || Mqtt::connect_session(&client_id, Some(("carol", &token)), false);
+    let mut away = connect().await?.map_err(anyhow::Error::msg)?;
+    for topic in ["reddot/users/carol", amqp::MQTT_BROADCAST_TOPIC] {
+        away.subscribe(topic).await?.map_err(anyhow::Error::msg)?;
+    }
+    away.client.disconnect().await?;
+    let _ = away.closed().await?;
+
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    t.stack
+        .notify(&json!({"to": {"users": ["carol"]}, "title": "short-lived", "expires_at": soon}))
+        .await?;
+    t.stack
+        .notify(&json!({"to": {"all": true}, "title": "short-lived broadcast", "expires_at": soon}))
+        .await?;
+    let lasting = t
+        .stack
+        .notify(&json!({"to": {"users": ["carol"]}, "title": "lasting"}))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // Back with the same session: the one that still counts, and nothing else.
+    let mut back = connect().await?.map_err(anyhow::Error::msg)?;
+    let delivered = back.next_publish().await?;
+    assert_eq!(json_of(&delivered)?["id"], lasting);
+    back.expect_no_publish().await
 }
