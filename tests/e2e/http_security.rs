@@ -241,7 +241,8 @@ async fn a_wrong_method_answers_405_with_allow_and_an_unknown_path_404() -> anyh
         (Method::GET, producer("/api/v1/nothing"), None),
         (Method::POST, gw.url("/v1/stream"), Some("GET")),
         (Method::PUT, gw.url("/v1/notifications/5"), Some("DELETE")),
-        (Method::DELETE, gw.url("/v1/unread"), Some("GET")),
+        (Method::DELETE, gw.url("/v1/unread"), Some("GET, HEAD")),
+        (Method::POST, gw.url("/reddot.js"), Some("GET, HEAD")),
         (Method::GET, gw.url("/v2/stream"), None),
     ];
     for (method, url, allow) in cases {
@@ -265,6 +266,57 @@ async fn a_wrong_method_answers_405_with_allow_and_an_unknown_path_404() -> anyh
             }
         }
     }
+    Ok(())
+}
+
+/// HEAD is answered like GET, without the body, where monitors, caches and CDNs ask
+/// with it: the demo page, the client script and the unread count (with its ETag, and
+/// 304 when it still matches).
+#[tokio::test]
+async fn head_answers_like_get_without_a_body() -> anyhow::Result<()> {
+    let stack = Stack::start(Backend::Sqlite).await?;
+    let gw = Gateway::start(&stack, "node-a").await?;
+    let token = stack.token("alice").await?;
+    for path in ["/", "/reddot.js"] {
+        let get = stack.http.get(gw.url(path)).send().await?;
+        let head = stack.http.head(gw.url(path)).send().await?;
+        assert_eq!(head.status(), StatusCode::OK, "HEAD {path}");
+        assert_eq!(
+            header_of(&head, header::CONTENT_TYPE),
+            header_of(&get, header::CONTENT_TYPE),
+            "HEAD {path}"
+        );
+        assert!(head.bytes().await?.is_empty(), "HEAD {path} has no body");
+    }
+    let get = stack
+        .http
+        .get(gw.url("/v1/unread"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    let etag = header_of(&get, header::ETAG).expect("GET /v1/unread has an ETag");
+    let head = stack
+        .http
+        .head(gw.url("/v1/unread"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(
+        header_of(&head, header::ETAG).as_deref(),
+        Some(etag.as_str())
+    );
+    assert!(head.bytes().await?.is_empty());
+    let unchanged = stack
+        .http
+        .head(gw.url("/v1/unread"))
+        .bearer_auth(&token)
+        .header(header::IF_NONE_MATCH, &etag)
+        .send()
+        .await?;
+    assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
+    let anonymous = stack.http.head(gw.url("/v1/unread")).send().await?;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use actix_web::{HttpResponse, get, http::header};
+use actix_web::{HttpResponse, http::header, route};
 use reddot_shared::http::inline_hashes;
 
 const INDEX: &str = include_str!("../../../web/index.html");
@@ -22,7 +22,8 @@ static INDEX_CSP: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-#[get("/")]
+// HEAD too: uptime checks and CDNs ask with it.
+#[route("/", method = "GET", method = "HEAD")]
 pub async fn index() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
@@ -33,7 +34,7 @@ pub async fn index() -> HttpResponse {
         .body(INDEX)
 }
 
-#[get("/reddot.js")]
+#[route("/reddot.js", method = "GET", method = "HEAD")]
 pub async fn client() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/javascript; charset=utf-8")

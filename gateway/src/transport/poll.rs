@@ -2,12 +2,13 @@
 //! content; a client sending it back in `If-None-Match` gets `304` while nothing changed.
 //! A matching `If-None-Match` is answered from the `UnreadCache` without counting again.
 
-use actix_web::{HttpRequest, HttpResponse, get, http::header, web};
+use actix_web::{HttpRequest, HttpResponse, http::header, route, web};
 use reddot_shared::error::ApiError;
 
 use crate::{auth::AuthUser, state::GatewayState};
 
-#[get("/v1/unread")]
+// HEAD too (the count's ETag without the body): monitors and caches ask with it.
+#[route("/v1/unread", method = "GET", method = "HEAD")]
 pub async fn unread(
     auth: AuthUser,
     req: HttpRequest,
