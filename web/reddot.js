@@ -38,8 +38,11 @@
  *   when a transport fails twice while the gateway itself answers; live on a fallback,
  *   it tries SSE again after `upgradeAfter` (5 min, doubling while SSE still fails, at
  *   most an hour), so a passing fault does not keep the page on long polling. A long poll is also
- *   answered by a read on another device (with the new count and no notifications); the
- *   iframe cannot see a stream cut mid-way, so a watchdog checks it.
+ *   answered by a read on another device (with the new count and no notifications). The
+ *   iframe and SSE cannot see their keep-alives, so a stream cut mid-way or left
+ *   half-open would look alive for good: a watchdog asks GET /v1/unread (usually a 304)
+ *   every `iframeCheckInterval` (5 s) / `sseCheckInterval` (30 s) and reconnects when a
+ *   notification the gateway has is still missing 1.5 s later, or it gets no answer.
  * - A connection counts as up once the gateway's first `unread` arrives (every transport
  *   sends one at once); one that gives none within `openTimeout` (a buffering proxy)
  *   counts as failed. Reconnects back off exponentially with jitter. `getToken`, when
@@ -106,6 +109,7 @@
     maxBackoff: 15000,    // ms, largest reconnect delay
     openTimeout: 10000,   // ms for a new connection to deliver its first `unread`
     iframeCheckInterval: 5000, // ms between the iframe transport's liveness checks
+    sseCheckInterval: 30000,   // ms between the SSE transport's liveness checks (0: none)
     failuresBeforeFallback: 2, // auto: failures of one transport before trying the next
     upgradeAfter: 300000, // ms live on a fallback before auto tries SSE again (doubling; 0: never)
     mqtt: null,           // {url}: the broker's Web-MQTT endpoint, for transport "mqtt"
@@ -743,7 +747,8 @@
 
   P._retryNow = function () {
     if (this._leader && !this._closed && this._status.state === 'reconnecting') {
-      clearTimeout(this._timers.retry);
+      // An attempt may be in flight: end it, or it would go on beside the new one.
+      this._stopConnection();
       this._attempt = 0;
       var self = this;
       var gen = this._gen;
@@ -779,13 +784,20 @@
       if (opts.headers) for (var h in opts.headers) headers[h] = opts.headers[h];
       var ctrl = typeof AbortController === 'function' ? new AbortController() : null;
       var timer = opts.timeout && ctrl ? setTimeout(function () { ctrl.abort(); }, opts.timeout) : null;
-      if (opts.signal && ctrl) opts.signal.addEventListener('abort', function () { ctrl.abort(); });
+      // The connection's signal outlives its requests: each listener goes when its
+      // request settles (they piled up, one per poll, for as long as the page lived).
+      var onAbort = function () { ctrl.abort(); };
+      if (opts.signal && ctrl) opts.signal.addEventListener('abort', onAbort, { once: true });
+      var settled = function () {
+        clearTimeout(timer);
+        if (opts.signal) opts.signal.removeEventListener('abort', onAbort);
+      };
       return fetch(self._url(path, opts.query), {
         method: method, headers: headers, cache: 'no-store', credentials: 'omit',
         body: body === undefined ? undefined : JSON.stringify(body),
         signal: ctrl ? ctrl.signal : undefined,
       }).then(function (res) {
-        clearTimeout(timer);
+        settled();
         if (res.status === 401 && retry && opts.retry401 !== false) {
           return self._refreshToken().then(function (fresh) {
             if (fresh) return attempt(false);
@@ -800,7 +812,7 @@
           return { status: res.status, body: parsed, headers: res.headers };
         });
       }, function (err) {
-        clearTimeout(timer);
+        settled();
         throw err;
       });
     };
@@ -964,6 +976,41 @@
 
   var OPENERS = {};
 
+  /**
+   * For streams whose keep-alives the page cannot see (the iframe's HTML comments, SSE's
+   * `: ping` lines): asks the gateway (GET /v1/unread, usually a 304) every `interval`
+   * ms. No answer, or a newer notification than the last one received still missing
+   * 1.5 s later, means the stream is dead — cut mid-way by a crash, or half-open after a
+   * NAT, a proxy or a sleeping laptop lost it, which the browser does not notice — so
+   * the connection fails and the client resumes. Returns the function that stops it.
+   */
+  function watchStream(rd, h, interval) {
+    var etag = null;
+    var latest = 0;      // the gateway's latest id at the last check
+    var missing = null;  // an id the gateway had at the previous check and we had not
+    var stopped = false;
+    var timer = null;
+    var check = function () {
+      rd._request('GET', '/v1/unread', undefined, {
+        headers: etag ? { 'If-None-Match': etag } : undefined, timeout: 10000, retry401: false,
+      }).then(function (r) {
+        if (stopped) return;
+        if (r.status === 200) {
+          etag = r.headers.get('ETag');
+          latest = r.body.latest_id || 0;
+        }
+        var have = rd._lastId || 0;
+        if (missing !== null && have < missing) { h.fail('stalled'); return; }
+        missing = latest > have ? latest : null;
+        timer = setTimeout(check, missing !== null ? 1500 : interval);
+      }, function (e) {
+        if (!stopped) h.fail(e && e.status === 401 ? 'unauthorized' : 'error');
+      });
+    };
+    if (interval > 0) timer = setTimeout(check, interval);
+    return function () { stopped = true; clearTimeout(timer); };
+  }
+
   OPENERS.sse = function (rd, h) {
     var es = new global.EventSource(rd._url('/v1/stream', { access_token: rd.token, last_event_id: rd._lastId }));
     var json = function (type) {
@@ -979,7 +1026,9 @@
     es.addEventListener('token_expired', function () { h.fail('token_expired'); });
     // EventSource would reconnect by itself, without our backoff or a fresh token.
     es.onerror = function () { h.fail('error'); };
-    return { close: function () { es.close(); } };
+    // The `: ping` comments keep proxies from closing the stream but never reach us.
+    var stopWatch = watchStream(rd, h, rd.options.sseCheckInterval);
+    return { close: function () { stopWatch(); es.close(); } };
   };
 
   OPENERS.ws = function (rd, h) {
@@ -1172,32 +1221,8 @@
     // at once, for an error page): either way, this connection is over.
     frame.addEventListener('load', function () { if (!done) h.fail('error'); });
     // But a stream cut mid-way (a gateway crash) leaves the document "loading" forever,
-    // and the gateway's keep-alives are HTML comments the page cannot see. So a watchdog
-    // asks the gateway (GET /v1/unread, usually a 304) every `iframeCheckInterval`: no
-    // answer, or a newer notification than the last one received still missing 1.5 s
-    // later, means the stream is dead: reconnect and resume.
-    var etag = null;
-    var latest = 0;      // the gateway's latest id at the last check
-    var missing = null;  // an id the gateway had at the previous check and we had not
-    var watchdog = null;
-    var check = function () {
-      rd._request('GET', '/v1/unread', undefined, {
-        headers: etag ? { 'If-None-Match': etag } : undefined, timeout: 10000, retry401: false,
-      }).then(function (r) {
-        if (done) return;
-        if (r.status === 200) {
-          etag = r.headers.get('ETag');
-          latest = r.body.latest_id || 0;
-        }
-        var have = rd._lastId || 0;
-        if (missing !== null && have < missing) { h.fail('stalled'); return; }
-        missing = latest > have ? latest : null;
-        watchdog = setTimeout(check, missing !== null ? 1500 : rd.options.iframeCheckInterval);
-      }, function (e) {
-        if (!done) h.fail(e && e.status === 401 ? 'unauthorized' : 'error');
-      });
-    };
-    watchdog = setTimeout(check, rd.options.iframeCheckInterval);
+    // and the gateway's keep-alives are HTML comments the page cannot see: a watchdog.
+    var stopWatch = watchStream(rd, h, rd.options.iframeCheckInterval);
     frame.src = rd._url('/v1/iframe', {
       access_token: rd.token, origin: global.location.origin, last_event_id: rd._lastId,
     });
@@ -1205,7 +1230,7 @@
     return {
       close: function () {
         done = true;
-        clearTimeout(watchdog);
+        stopWatch();
         global.removeEventListener('message', onMessage);
         frame.src = 'about:blank';
         if (frame.parentNode) frame.parentNode.removeChild(frame);

@@ -4,6 +4,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import {
   launchBrowser, withStack, staticSite, watchErrors, openDemo, waitState, signJwt, sleep, waitFor,
 } from './harness.mjs';
@@ -271,5 +272,123 @@ test('remove() on polling takes the notification off the badge at once, not at t
     await waitFor(async () => (await badgeOf(page)) === 2, { message: 'badge 2 after removing the newest' });
     await page.evaluate((id) => window.rd.remove(id), ids[0]);
     await waitFor(async () => (await badgeOf(page)) === 1, { message: 'badge 1 after removing the oldest' });
+  });
+});
+
+/**
+ * A TCP proxy to the gateway whose open connections can go silent: `stall()` closes
+ * their gateway side and keeps the browser side open without a byte more (a half-open
+ * connection, as after a NAT, a proxy or a sleeping laptop lost it). New connections
+ * pass as before.
+ */
+function stallingProxy(port) {
+  const pairs = new Set();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(port), '127.0.0.1');
+    const pair = { client, upstream, live: true };
+    client.on('data', (d) => { if (pair.live) upstream.write(d); });
+    upstream.on('data', (d) => { if (pair.live) client.write(d); });
+    const end = () => {
+      if (!pair.live) return; // stalled: the browser's side stays open
+      pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    for (const socket of [client, upstream]) { socket.on('error', end); socket.on('close', end); }
+    pairs.add(pair);
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
+    url: `http://127.0.0.1:${server.address().port}`,
+    stall: () => { for (const p of pairs) { p.live = false; p.upstream.destroy(); } },
+    close: () => {
+      for (const p of pairs) { p.client.destroy(); p.upstream.destroy(); }
+      server.close();
+    },
+  })));
+}
+
+test('an SSE stream that went silent (half-open) is noticed, and what came meanwhile arrives', async () => {
+  await withApp(async (stack, page) => {
+    const user = 'silent-sse';
+    const proxy = await stallingProxy(new URL(stack.gatewayUrl).port);
+    try {
+      await page.evaluate(([token, u, gw]) => window.make({ token, user: u, transport: 'sse', gateway: gw,
+        sseCheckInterval: 1000 }), [await stack.token(user), user, proxy.url]);
+      await waitFor(async () => (await page.evaluate(() => window.rd.status.state)) === 'open', { message: 'open' });
+      const first = (await stack.notify(user, 'before')).id;
+      await waitFor(async () => (await logOf(page)).notifications.includes(first), { message: 'delivered' });
+
+      proxy.stall();
+      const during = (await stack.notify(user, 'while the stream is silent')).id;
+      await waitFor(async () => (await logOf(page)).notifications.includes(during),
+        { timeout: 25_000, message: 'the silent stream noticed, resumed, and the notification delivered' });
+      const log = await logOf(page);
+      assert.deepEqual(log.notifications, [first, during], 'each once, in order');
+      assert.ok(log.statuses.some((st) => st.startsWith('reconnecting')), log.statuses.join(' '));
+    } finally {
+      proxy.close();
+    }
+  });
+});
+
+
+test('back online during a reconnect attempt replaces the attempt instead of adding a connection', async () => {
+  await withApp(async (stack, page, context) => {
+    const user = 'online-retry';
+    // The first stream request fails; the next ones are slow: a retry is in flight.
+    let streams = 0;
+    await context.route(/\/v1\/stream/, async (route) => {
+      streams++;
+      if (streams === 1) return route.abort('connectionreset');
+      await sleep(1500);
+      return route.continue().catch(() => {}); // closed by the client meanwhile
+    });
+    await page.evaluate(() => {
+      const Original = window.EventSource;
+      window.openStreams = new Set();
+      window.EventSource = function (url) {
+        const es = new Original(url);
+        const close = es.close.bind(es);
+        es.close = () => { window.openStreams.delete(es); close(); };
+        window.openStreams.add(es);
+        return es;
+      };
+    });
+    await page.evaluate(([token, u]) => window.make({ token, user: u, transport: 'sse', minBackoff: 300 }),
+      [await stack.token(user), user]);
+    await waitFor(async () => streams >= 2, { message: 'a retry in flight' });
+    await page.evaluate(() => window.dispatchEvent(new Event('online')));
+    await waitFor(async () => (await page.evaluate(() => window.rd.status.state)) === 'open',
+      { timeout: 10_000, message: 'open' });
+    const live = (await stack.notify(user, 'once')).id;
+    await waitFor(async () => (await logOf(page)).notifications.includes(live), { message: 'delivered' });
+    assert.equal(await page.evaluate(() => window.openStreams.size), 1, 'one stream open');
+    await page.evaluate(() => window.rd.close());
+    assert.equal(await page.evaluate(() => window.openStreams.size), 0, 'none after close()');
+  });
+});
+
+test('polling leaves no abort listener behind per request', async () => {
+  await withApp(async (stack, page) => {
+    const user = 'poll-listeners';
+    await page.evaluate(() => {
+      // Abort listeners added minus removed, on every signal the client hands requests.
+      window.abortListeners = 0;
+      const { addEventListener: add, removeEventListener: remove } = EventTarget.prototype;
+      AbortSignal.prototype.addEventListener = function (type, fn, opts) {
+        if (type === 'abort') window.abortListeners++;
+        return add.call(this, type, fn, opts);
+      };
+      AbortSignal.prototype.removeEventListener = function (type, fn, opts) {
+        if (type === 'abort') window.abortListeners--;
+        return remove.call(this, type, fn, opts);
+      };
+    });
+    await page.evaluate(([token, u]) => window.make({ token, user: u, transport: 'poll', pollInterval: 100 }),
+      [await stack.token(user), user]);
+    await waitFor(async () => (await page.evaluate(() => window.rd.status.state)) === 'open', { message: 'open' });
+    await sleep(3000); // ~30 polls
+    const left = await page.evaluate(() => window.abortListeners);
+    assert.ok(left <= 2, `${left} abort listeners left after ~30 polls`);
   });
 });
