@@ -42,7 +42,8 @@
  *   iframe and SSE cannot see their keep-alives, so a stream cut mid-way or left
  *   half-open would look alive for good: a watchdog asks GET /v1/unread (usually a 304)
  *   every `iframeCheckInterval` (5 s) / `sseCheckInterval` (30 s) and reconnects when a
- *   notification the gateway has is still missing 1.5 s later, or it gets no answer.
+ *   notification the gateway has is still missing 1.5 s later (the iframe also when it
+ *   gets no answer).
  * - A connection counts as up once the gateway's first `unread` arrives (every transport
  *   sends one at once); one that gives none within `openTimeout` (a buffering proxy)
  *   counts as failed. Reconnects back off exponentially with jitter. `getToken`, when
@@ -979,12 +980,15 @@
   /**
    * For streams whose keep-alives the page cannot see (the iframe's HTML comments, SSE's
    * `: ping` lines): asks the gateway (GET /v1/unread, usually a 304) every `interval`
-   * ms. No answer, or a newer notification than the last one received still missing
-   * 1.5 s later, means the stream is dead — cut mid-way by a crash, or half-open after a
-   * NAT, a proxy or a sleeping laptop lost it, which the browser does not notice — so
-   * the connection fails and the client resumes. Returns the function that stops it.
+   * ms. A newer notification than the last one received still missing 1.5 s later
+   * (and, with `strict`, no answer) means the stream is dead — cut mid-way by a crash,
+   * or half-open after a NAT, a proxy or a sleeping laptop lost it, which the browser
+   * does not notice — so the connection fails and the client resumes. Without `strict`
+   * a failed check is only tried again: an SSE stream goes on flowing while the
+   * gateway's database is away, and a check answered 503 must not end it. Returns the
+   * function that stops it.
    */
-  function watchStream(rd, h, interval) {
+  function watchStream(rd, h, interval, strict) {
     var etag = null;
     var latest = 0;      // the gateway's latest id at the last check
     var missing = null;  // an id the gateway had at the previous check and we had not
@@ -1004,7 +1008,9 @@
         missing = latest > have ? latest : null;
         timer = setTimeout(check, missing !== null ? 1500 : interval);
       }, function (e) {
-        if (!stopped) h.fail(e && e.status === 401 ? 'unauthorized' : 'error');
+        if (stopped) return;
+        if (strict) h.fail(e && e.status === 401 ? 'unauthorized' : 'error');
+        else timer = setTimeout(check, interval);
       });
     };
     if (interval > 0) timer = setTimeout(check, interval);
@@ -1027,7 +1033,7 @@
     // EventSource would reconnect by itself, without our backoff or a fresh token.
     es.onerror = function () { h.fail('error'); };
     // The `: ping` comments keep proxies from closing the stream but never reach us.
-    var stopWatch = watchStream(rd, h, rd.options.sseCheckInterval);
+    var stopWatch = watchStream(rd, h, rd.options.sseCheckInterval, false);
     return { close: function () { stopWatch(); es.close(); } };
   };
 
@@ -1222,7 +1228,7 @@
     frame.addEventListener('load', function () { if (!done) h.fail('error'); });
     // But a stream cut mid-way (a gateway crash) leaves the document "loading" forever,
     // and the gateway's keep-alives are HTML comments the page cannot see: a watchdog.
-    var stopWatch = watchStream(rd, h, rd.options.iframeCheckInterval);
+    var stopWatch = watchStream(rd, h, rd.options.iframeCheckInterval, true);
     frame.src = rd._url('/v1/iframe', {
       access_token: rd.token, origin: global.location.origin, last_event_id: rd._lastId,
     });
