@@ -378,10 +378,11 @@ impl Relay {
         // made: the broker still gets them in id order, and the writes overlap.
         let mut written = FuturesOrdered::new();
         let mut confirms = Vec::new();
+        let now = now_ms();
         for (notification, users) in items {
             let mut messages = amqp::encode_notification(notification, users);
             if self.mqtt {
-                messages.extend(amqp::encode_mqtt(notification, users, now_ms()));
+                messages.extend(amqp::encode_mqtt(notification, users, now));
             }
             for msg in messages {
                 let mut publish = Box::pin(async move {
