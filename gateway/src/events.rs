@@ -3,8 +3,11 @@
 
 use std::{
     fmt::Write,
-    sync::{Arc, LazyLock},
+    sync::{Arc, LazyLock, OnceLock},
 };
+
+use actix_web::web::Bytes;
+use bytestring::ByteString;
 
 use reddot_shared::{domain::Notification, metrics as m, store::inbox::Unread, time::now_ms};
 use serde_json::json;
@@ -29,13 +32,57 @@ static DELIVERY_METRICS: LazyLock<DeliveryMetrics> = LazyLock::new(|| {
     }
 });
 
+/// A notification as sessions send it: its JSON, and its frames rendered at most once.
+/// A live notification's `Note` is shared by every session of the node it reaches (a
+/// broadcast: 10,000 of them), each of which would otherwise format and allocate the
+/// same frame again.
+#[derive(Debug)]
+pub struct Note {
+    pub id: i64,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub json: Arc<str>,
+    sse: OnceLock<Bytes>,
+    typed: OnceLock<ByteString>,
+}
+
+impl Note {
+    pub fn new(id: i64, created_at: i64, expires_at: Option<i64>, json: Arc<str>) -> Self {
+        Self {
+            id,
+            created_at,
+            expires_at,
+            json,
+            sse: OnceLock::new(),
+            typed: OnceLock::new(),
+        }
+    }
+
+    /// Its SSE frame. The payload is JSON, which escapes every newline and carriage
+    /// return, so a `data:` line can never be split by content.
+    fn sse(&self) -> Bytes {
+        self.sse
+            .get_or_init(|| {
+                let mut frame = String::with_capacity(self.json.len() + 64);
+                let _ = write!(frame, "event: notification\nid: {}\ndata: ", self.id);
+                frame.push_str(&self.json);
+                frame.push_str("\n\n");
+                Bytes::from(frame)
+            })
+            .clone()
+    }
+
+    /// Its WebSocket (and iframe) object: the same payload with a `"type"`.
+    fn typed(&self) -> ByteString {
+        self.typed
+            .get_or_init(|| ByteString::from(splice_type("notification", &self.json)))
+            .clone()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Event {
-    Notification {
-        id: i64,
-        created_at: i64,
-        json: Arc<str>,
-    },
+    Notification(Arc<Note>),
     Unread(Unread),
     /// A resume could not be served (too much missed): reload the inbox. `latest` is
     /// the newest visible id, where the session goes on from.
@@ -50,16 +97,17 @@ pub enum Event {
 
 impl Event {
     pub fn from_notification(n: &Notification) -> Self {
-        Event::Notification {
-            id: n.id,
-            created_at: n.created_at,
-            json: Arc::from(n.to_json()),
-        }
+        Event::Notification(Arc::new(Note::new(
+            n.id,
+            n.created_at,
+            n.expires_at,
+            Arc::from(n.to_json()),
+        )))
     }
 
     /// Counts a notification written to a client and its latency since it was created.
     pub fn record_delivery(&self, transport: &'static str) {
-        if let Event::Notification { created_at, .. } = self {
+        if let Event::Notification(note) = self {
             let handles = &*DELIVERY_METRICS;
             match transport {
                 "sse" => handles.sse.increment(1),
@@ -69,44 +117,38 @@ impl Event {
             }
             handles
                 .latency
-                .record((now_ms() - created_at).max(0) as f64 / 1000.0);
+                .record((now_ms() - note.created_at).max(0) as f64 / 1000.0);
         }
     }
 
-    /// An SSE frame. The payload is JSON, which escapes every newline and carriage
-    /// return, so a `data:` line can never be split by content.
-    pub fn sse(&self) -> String {
+    /// An SSE frame.
+    pub fn sse(&self) -> Bytes {
         match self {
-            Event::Notification { id, json, .. } => {
-                // Sized up front: `format!` guesses from the literal parts and grows the
-                // string again for the payload, for every session a broadcast reaches.
-                let mut frame = String::with_capacity(json.len() + 64);
-                let _ = write!(frame, "event: notification\nid: {id}\ndata: ");
-                frame.push_str(json);
-                frame.push_str("\n\n");
-                frame
-            }
-            Event::Unread(u) => format!("event: unread\ndata: {}\n\n", json!(u)),
+            Event::Notification(note) => note.sse(),
+            Event::Unread(u) => Bytes::from(format!("event: unread\ndata: {}\n\n", json!(u))),
             // With the id the session went on from: a client reconnecting before the
             // next notification resumes there, not before the gap (another reset).
-            Event::Reset { latest } => {
-                format!("event: reset\nid: {latest}\ndata: {{\"reason\":\"gap_too_large\"}}\n\n")
-            }
-            Event::TokenExpired => "event: token_expired\ndata: {}\n\n".into(),
-            Event::Heartbeat => ": ping\n\n".into(),
+            Event::Reset { latest } => Bytes::from(format!(
+                "event: reset\nid: {latest}\ndata: {{\"reason\":\"gap_too_large\"}}\n\n"
+            )),
+            Event::TokenExpired => Bytes::from_static(b"event: token_expired\ndata: {}\n\n"),
+            Event::Heartbeat => Bytes::from_static(b": ping\n\n"),
         }
     }
 
     /// The WebSocket (and iframe / long-poll) object: the same payload with a `"type"`.
-    pub fn typed_json(&self) -> Option<String> {
+    pub fn typed_json(&self) -> Option<ByteString> {
         Some(match self {
-            Event::Notification { json, .. } => splice_type("notification", json),
+            Event::Notification(note) => note.typed(),
             Event::Unread(u) => {
                 json!({"type": "unread", "count": u.count, "by_kind": u.by_kind, "as_of": u.as_of})
                     .to_string()
+                    .into()
             }
-            Event::Reset { .. } => json!({"type": "reset", "reason": "gap_too_large"}).to_string(),
-            Event::TokenExpired => json!({"type": "token_expired"}).to_string(),
+            Event::Reset { .. } => json!({"type": "reset", "reason": "gap_too_large"})
+                .to_string()
+                .into(),
+            Event::TokenExpired => json!({"type": "token_expired"}).to_string().into(),
             Event::Heartbeat => return None,
         })
     }
@@ -133,11 +175,12 @@ mod tests {
 
     #[test]
     fn ws_frames_carry_the_notification_fields_with_a_type() -> anyhow::Result<()> {
-        let e = Event::Notification {
-            id: 3,
-            created_at: 0,
-            json: Arc::from(r#"{"id":3,"title":"a\nb"}"#),
-        };
+        let e = Event::Notification(Arc::new(Note::new(
+            3,
+            0,
+            None,
+            Arc::from(r#"{"id":3,"title":"a\nb"}"#),
+        )));
         let v: serde_json::Value = serde_json::from_str(&e.typed_json().unwrap_or_default())?;
         assert_eq!(v, json!({"type": "notification", "id": 3, "title": "a\nb"}));
         assert_eq!(splice_type("unread", "{}"), r#"{"type":"unread"}"#);
@@ -147,12 +190,13 @@ mod tests {
 
     #[test]
     fn sse_frames_stay_one_data_line_whatever_the_content() {
-        let n = Event::Notification {
-            id: 9,
-            created_at: 0,
-            json: Arc::from(json!({"title": "x\r\ny\n\ndata: z"}).to_string()),
-        };
-        let frame = n.sse();
+        let n = Event::Notification(Arc::new(Note::new(
+            9,
+            0,
+            None,
+            Arc::from(json!({"title": "x\r\ny\n\ndata: z"}).to_string()),
+        )));
+        let frame = String::from_utf8(n.sse().to_vec()).unwrap_or_default();
         assert_eq!(frame.matches('\n').count(), 4, "{frame:?}");
         assert!(!frame.contains('\r'));
         assert!(frame.ends_with("\n\n"));
@@ -172,7 +216,8 @@ mod properties {
         #[test]
         fn an_sse_frame_is_one_event_whatever_the_content(title in ".*", body in "[\\n\\r\\x00 a-z:]*", id in 1i64..i64::MAX) {
             let payload = json!({"id": id, "title": title, "body": body});
-            let frame = Event::Notification { id, created_at: 0, json: Arc::from(payload.to_string()) }.sse();
+            let note = Note::new(id, 0, None, Arc::from(payload.to_string()));
+            let frame = String::from_utf8(Event::Notification(Arc::new(note)).sse().to_vec()).unwrap_or_default();
             prop_assert!(frame.ends_with("\n\n"));
             let lines: Vec<&str> = frame.trim_end_matches('\n').split('\n').collect();
             prop_assert_eq!(lines.len(), 3);

@@ -24,12 +24,14 @@ use reddot_shared::{
 };
 use tokio::sync::{Notify, mpsc};
 
+use crate::events::Note;
+
 const SHARDS: usize = 64;
 
 /// What the hub sends a session.
 #[derive(Debug, Clone)]
 pub enum HubMsg {
-    Notification(Arc<Delivered>),
+    Notification(Arc<Note>),
     /// The user's read state changed on some node: send a fresh unread count.
     ReadStateChanged,
     /// Live messages may have been lost (broker reconnect): catch up from the database.
@@ -116,6 +118,11 @@ pub struct Hub {
     max_sessions: usize,
     unbind_delay: Duration,
     closed: AtomicBool,
+}
+
+/// One note for every session a delivery reaches, so its frames are rendered once.
+fn note(n: &Delivered) -> Arc<Note> {
+    Arc::new(Note::new(n.id, n.created_at, n.expires_at, n.json.clone()))
 }
 
 /// A session's place in the hub; leaving is its `Drop`.
@@ -297,7 +304,7 @@ impl Hub {
             // delivery's reference count twice more for each, a cache line the HTTP
             // workers dropping their copies contend for.
             Incoming::Notification(n) if n.audience == Audience::All => {
-                let msg = HubMsg::Notification(n);
+                let msg = HubMsg::Notification(note(&n));
                 for shard in &self.shards {
                     let mut shard = Self::lock(shard);
                     for slot in shard.values_mut() {
@@ -306,7 +313,7 @@ impl Hub {
                 }
             }
             Incoming::Notification(n) => {
-                let msg = HubMsg::Notification(n.clone());
+                let msg = HubMsg::Notification(note(&n));
                 for user in &n.users {
                     let mut shard = Self::lock(self.shard(user));
                     if let Some(slot) = shard.get_mut(user.as_str()) {

@@ -22,7 +22,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    events::Event,
+    events::{Event, Note},
     hub::{Hub, HubMsg, JoinError, Membership},
 };
 
@@ -153,9 +153,51 @@ impl Session {
             if let Some(event) = self.queued() {
                 return event;
             }
-            let wake = self.wake().await;
+            let wake = match self.ready() {
+                Some(wake) => wake,
+                None => self.wake().await,
+            };
+            // The common case, written straight through rather than via the queue.
+            if let Wake::Hub(Some(HubMsg::Notification(n))) = &wake
+                && self.bound_confirmed
+            {
+                if let Some(event) = self.live(n) {
+                    return Some(event);
+                }
+                continue;
+            }
             self.act(wake).await;
         }
+    }
+
+    /// What the hub already queued, without waiting. A burst (broadcasts back to back)
+    /// leaves several messages queued, and each then costs no select over the timer and
+    /// the binding. Not once the timer is due: the select puts it first, so a steady
+    /// stream cannot hold a token's expiry back.
+    fn ready(&mut self) -> Option<Wake> {
+        if self.timer.is_elapsed() {
+            return None;
+        }
+        if !self.bound_confirmed && self.membership.binding.is_bound() {
+            return Some(Wake::Bound);
+        }
+        self.membership
+            .rx
+            .try_recv()
+            .ok()
+            .map(|msg| Wake::Hub(Some(msg)))
+    }
+
+    /// A live notification, unless already sent (or skipped past) or expired.
+    fn live(&mut self, n: &Arc<Note>) -> Option<Event> {
+        if n.id <= self.last_sent || n.expires_at.is_some_and(|t| t <= now_ms()) {
+            return None;
+        }
+        self.last_sent = n.id;
+        if let Some(expires) = n.expires_at {
+            self.recount_no_later_than(expires);
+        }
+        Some(Event::Notification(n.clone()))
     }
 
     /// Makes the next [`Event::Heartbeat`] come no later than `at` (the beats go on from
@@ -237,16 +279,8 @@ impl Session {
                 }
             }
             Wake::Hub(Some(HubMsg::Notification(n))) => {
-                if n.id > self.last_sent && n.expires_at.is_none_or(|t| t > now_ms()) {
-                    self.last_sent = n.id;
-                    if let Some(expires) = n.expires_at {
-                        self.recount_no_later_than(expires);
-                    }
-                    self.pending.push_back(Event::Notification {
-                        id: n.id,
-                        created_at: n.created_at,
-                        json: n.json.clone(),
-                    });
+                if let Some(event) = self.live(&n) {
+                    self.pending.push_back(event);
                 }
             }
             // Database reads are boxed: inline, their futures would make every idle

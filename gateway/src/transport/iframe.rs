@@ -17,6 +17,7 @@ use actix_web::{
     http::header::{self, ContentEncoding},
     web::{self, Bytes},
 };
+use bytestring::ByteString;
 use futures_util::stream as body_stream;
 use reddot_shared::error::{ApiError, ErrorCode};
 
@@ -72,7 +73,7 @@ pub async fn iframe_stream(
             // stream raises no event in the parent, so pings are how it notices silence.
             let json = event
                 .typed_json()
-                .unwrap_or_else(|| r#"{"type":"ping"}"#.to_owned());
+                .unwrap_or_else(|| ByteString::from_static(r#"{"type":"ping"}"#));
             let chunk = format!(
                 "<script>parent.postMessage({}, {target})</script>\n",
                 script_safe(&json)

@@ -43,7 +43,7 @@ pub async fn sse_stream(
         }
         let event = session.next().await?;
         event.record_delivery("sse");
-        Some((Ok(Bytes::from(event.sse())), (session, false)))
+        Some((Ok(event.sse()), (session, false)))
     });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")

@@ -236,10 +236,13 @@ impl Connection {
                 return;
             }
             Frame::Binary(_) | Frame::Continuation(Item::FirstBinary(_)) => {
-                self.send_text(Some(error_frame(
-                    ErrorCode::InvalidRequest,
-                    "only JSON text frames are understood",
-                )));
+                self.send_text(Some(
+                    error_frame(
+                        ErrorCode::InvalidRequest,
+                        "only JSON text frames are understood",
+                    )
+                    .into(),
+                ));
                 return;
             }
         };
@@ -268,13 +271,12 @@ impl Connection {
         // Boxed: the command's database futures would otherwise size every idle
         // connection.
         let reply = Box::pin(command(&self.state, self.session.user(), text)).await;
-        self.send_text(reply);
+        self.send_text(reply.map(ByteString::from));
     }
 
-    fn send_text(&mut self, text: Option<String>) {
+    fn send_text(&mut self, text: Option<ByteString>) {
         if let Some(text) = text {
-            self.replies
-                .push_back(Message::Text(ByteString::from(text)));
+            self.replies.push_back(Message::Text(text));
         }
     }
 
