@@ -3,34 +3,16 @@
 
 use std::{
     fmt::Write,
-    sync::{Arc, LazyLock, OnceLock},
+    sync::{Arc, OnceLock},
 };
 
 use actix_web::web::Bytes;
 use bytestring::ByteString;
 
-use reddot_shared::{domain::Notification, metrics as m, store::inbox::Unread, time::now_ms};
+use reddot_shared::{domain::Notification, store::inbox::Unread, time::now_ms};
 use serde_json::json;
 
-/// Metric handles of the hot path, looked up once: a broadcast to 10,000 sessions would
-/// otherwise hash the metric's key in the registry 20,000 times.
-struct DeliveryMetrics {
-    sse: metrics::Counter,
-    ws: metrics::Counter,
-    iframe: metrics::Counter,
-    latency: metrics::Histogram,
-}
-
-static DELIVERY_METRICS: LazyLock<DeliveryMetrics> = LazyLock::new(|| {
-    // A handle taken before the recorder exists would count nothing, ever.
-    m::install();
-    DeliveryMetrics {
-        sse: metrics::counter!(m::DELIVERIES, "transport" => "sse"),
-        ws: metrics::counter!(m::DELIVERIES, "transport" => "ws"),
-        iframe: metrics::counter!(m::DELIVERIES, "transport" => "iframe"),
-        latency: metrics::histogram!(m::DELIVERY_LATENCY),
-    }
-});
+use crate::delivery_stats;
 
 /// A notification as sessions send it: its JSON, and its frames rendered at most once.
 /// A live notification's `Note` is shared by every session of the node it reaches (a
@@ -108,16 +90,8 @@ impl Event {
     /// Counts a notification written to a client and its latency since it was created.
     pub fn record_delivery(&self, transport: &'static str) {
         if let Event::Notification(note) = self {
-            let handles = &*DELIVERY_METRICS;
-            match transport {
-                "sse" => handles.sse.increment(1),
-                "ws" => handles.ws.increment(1),
-                "iframe" => handles.iframe.increment(1),
-                _ => metrics::counter!(m::DELIVERIES, "transport" => transport).increment(1),
-            }
-            handles
-                .latency
-                .record((now_ms() - note.created_at).max(0) as f64 / 1000.0);
+            let latency_ms = u64::try_from(now_ms() - note.created_at).unwrap_or(0);
+            delivery_stats::record(transport, latency_ms);
         }
     }
 

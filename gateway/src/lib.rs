@@ -5,6 +5,7 @@
 pub mod amqp;
 pub mod auth;
 pub mod connect_limit;
+pub mod delivery_stats;
 pub mod events;
 pub mod hub;
 pub mod publisher;

@@ -7,7 +7,7 @@ use actix_web::{HttpResponse, get, route, web};
 use reddot_shared::{db, metrics as m};
 use serde_json::json;
 
-use crate::state::GatewayState;
+use crate::{delivery_stats, state::GatewayState};
 
 #[route("/healthz", method = "GET", method = "HEAD")]
 pub async fn healthz() -> HttpResponse {
@@ -34,7 +34,12 @@ pub async fn readyz(state: web::Data<GatewayState>) -> HttpResponse {
 
 #[get("/metrics")]
 pub async fn metrics_text() -> HttpResponse {
+    let mut text = m::render();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&delivery_stats::render());
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(m::render())
+        .body(text)
 }
