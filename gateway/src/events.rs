@@ -6,7 +6,9 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
-use actix_web::web::Bytes;
+use actix_codec::Encoder;
+use actix_http::ws::{Codec, Message};
+use actix_web::web::{Bytes, BytesMut};
 use bytestring::ByteString;
 
 use reddot_shared::{domain::Notification, store::inbox::Unread, time::now_ms};
@@ -26,6 +28,7 @@ pub struct Note {
     pub json: Arc<str>,
     sse: OnceLock<Bytes>,
     typed: OnceLock<ByteString>,
+    ws: OnceLock<Bytes>,
 }
 
 impl Note {
@@ -37,6 +40,7 @@ impl Note {
             json,
             sse: OnceLock::new(),
             typed: OnceLock::new(),
+            ws: OnceLock::new(),
         }
     }
 
@@ -58,6 +62,19 @@ impl Note {
     fn typed(&self) -> ByteString {
         self.typed
             .get_or_init(|| ByteString::from(splice_type("notification", &self.json)))
+            .clone()
+    }
+
+    /// Its WebSocket frame. A server's frames are not masked, so every connection
+    /// writes the same bytes.
+    fn ws_frame(&self) -> Bytes {
+        self.ws
+            .get_or_init(|| {
+                let mut frame = BytesMut::new();
+                // Encoding a text message cannot fail (only continuations out of order do).
+                let _ = Codec::new().encode(Message::Text(self.typed()), &mut frame);
+                frame.freeze()
+            })
             .clone()
     }
 }
@@ -110,6 +127,15 @@ impl Event {
         }
     }
 
+    /// A notification's WebSocket frame, encoded once for every connection it reaches;
+    /// `None` for the other events, which each connection encodes itself.
+    pub fn ws_frame(&self) -> Option<Bytes> {
+        match self {
+            Event::Notification(note) => Some(note.ws_frame()),
+            _ => None,
+        }
+    }
+
     /// The WebSocket (and iframe / long-poll) object: the same payload with a `"type"`.
     pub fn typed_json(&self) -> Option<ByteString> {
         Some(match self {
@@ -159,6 +185,21 @@ mod tests {
         assert_eq!(v, json!({"type": "notification", "id": 3, "title": "a\nb"}));
         assert_eq!(splice_type("unread", "{}"), r#"{"type":"unread"}"#);
         assert_eq!(splice_type("unread", "{ }"), r#"{"type":"unread"}"#);
+        Ok(())
+    }
+
+    #[test]
+    fn a_shared_ws_frame_is_what_a_connection_would_encode() -> anyhow::Result<()> {
+        let e = Event::Notification(Arc::new(Note::new(
+            5,
+            0,
+            None,
+            Arc::from(r#"{"id":5,"title":"ü"}"#),
+        )));
+        let mut own = BytesMut::new();
+        Codec::new().encode(Message::Text(e.typed_json().unwrap_or_default()), &mut own)?;
+        assert_eq!(e.ws_frame(), Some(own.freeze()));
+        assert_eq!(Event::Heartbeat.ws_frame(), None);
         Ok(())
     }
 

@@ -146,7 +146,15 @@ impl Connection {
             }
             if let Some(event) = self.session.queued() {
                 match event {
-                    Some(event) => self.on_event(event),
+                    Some(event) => {
+                        // No reply is owed (they go first): a notification's shared
+                        // frame goes out as it is.
+                        if let Some(frame) = event.ws_frame() {
+                            event.record_delivery("ws");
+                            return Some(frame);
+                        }
+                        self.on_event(event);
+                    }
                     None => self.close(CloseCode::Away, "reconnect and resume"),
                 }
                 continue;
@@ -197,10 +205,8 @@ impl Connection {
                 self.send_text(event.typed_json());
                 self.close(CloseCode::Other(4001), "token expired");
             }
-            event => {
-                event.record_delivery("ws");
-                self.send_text(event.typed_json());
-            }
+            // Notifications do not come here: their shared frame is written as it is.
+            event => self.send_text(event.typed_json()),
         }
     }
 
